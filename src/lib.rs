@@ -1,0 +1,8 @@
+//! distillery: train small, fast text classifiers by knowledge distillation, and serve them.
+//!
+//! Layers, inner to outer: `ml` (Candle: tokenizer, models, training), then the service
+//! parts built on it.
+
+#![warn(missing_docs)]
+
+pub mod ml;

@@ -1,0 +1,14 @@
+//! The training core: tokenizer, recurrent classifiers, distillation, trainer, checkpoints.
+//!
+//! Candle only: nothing here knows about SQL or HTTP. The service drives it through
+//! [`pipeline::run`] (train a job) and [`predictor::Predictor`] (serve a model).
+
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod manifest;
+pub mod metrics;
+pub mod pipeline;
+pub mod predictor;
+pub mod progress;
+pub mod tokenizer;
