@@ -1,5 +1,6 @@
 //! Command-line front end: `train`, `predict`, `eval` (and the service commands).
 
+mod bench;
 mod eval;
 mod predict;
 mod progress_bar;
@@ -25,6 +26,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Evaluate a trained model on a labelled file.
     Eval(eval::EvalArgs),
+    /// Run the fixed training and inference micro-benchmark; print one JSON line.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs the command; errors are printed with their causes.
@@ -34,6 +37,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,3 +20,4 @@ pub mod progress;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;
+pub mod bench;
