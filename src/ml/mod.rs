@@ -6,8 +6,10 @@
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod kernels;
 pub mod manifest;
 pub mod metrics;
+pub mod optim;
 pub mod pipeline;
 pub mod predictor;
 pub mod progress;
