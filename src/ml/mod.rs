@@ -4,6 +4,7 @@
 //! [`pipeline::run`] (train a job) and [`predictor::Predictor`] (serve a model).
 
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -20,4 +21,3 @@ pub mod progress;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;
-pub mod bench;

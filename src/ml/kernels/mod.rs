@@ -1,12 +1,128 @@
-//! Temporary stand-in for the recurrent kernels (replaced by the fused CPU op on merge).
+//! Speed-critical recurrent kernels: one whole recurrent layer direction as a single op.
+//!
+//! The model code projects the inputs of every step with one matrix product
+//! (`xs_proj = x @ W_ih^T + b_ih`, shape `(B, T, G*H)`) and hands the recurrence to
+//! [`recurrent_layer`]. On the CPU with `f32`/`f64` that is a fused Candle custom op
+//! (`cpu_op.rs`) running the time loop and a hand-written backward pass over the whole
+//! sequence; anywhere else (CUDA, other dtypes) it is [`recurrent_layer_reference`], the
+//! same computation in plain tensor ops stepped in time, which also serves as the test
+//! oracle. [`recurrent_layer_inference`] skips everything only training needs.
+//!
+//! Semantics shared by all three (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
+//! - every row starts from zero state; row `b` has `lengths[b]` real steps, `1..=T`;
+//! - forward direction reads steps `0..len`, `reverse` reads `len-1` down to `0`, so a
+//!   reverse layer starts at each row's own last real token;
+//! - the output `(B, T, H)` holds the hidden state of every real step and exactly 0 at
+//!   padded positions `t >= len`, from which no gradient flows.
+
+mod activation;
+mod cell;
+mod cpu_op;
+mod gemm;
+mod gru;
+mod lstm;
+mod reference;
+mod rnn;
+mod schedule;
+mod sequence;
+mod simd;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Device, Tensor};
+
+pub use reference::recurrent_layer_reference;
 
 use crate::ml::config::CellKind;
+use cpu_op::SequenceOp;
 
-/// Hidden states of one recurrent layer direction, `(B, T, H)`, zeros past each length.
+pub(crate) use activation::Real;
+pub(crate) use simd::vectorized;
+
+/// Bad arguments to a recurrent kernel, or a broken internal state.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The tensor shapes do not fit one layer of this cell.
+    #[error(
+        "shapes do not fit a {cell:?} layer: xs_proj {xs_proj:?} (want B, T, G*H), \
+         w_hh {w_hh:?} (want G*H, H), b_hh {b_hh:?} (want G*H), G = {gates}"
+    )]
+    Shape {
+        /// The cell asked for.
+        cell: CellKind,
+        /// Gate blocks of that cell.
+        gates: usize,
+        /// Shape of `xs_proj`.
+        xs_proj: Vec<usize>,
+        /// Shape of `w_hh`.
+        w_hh: Vec<usize>,
+        /// Shape of `b_hh`.
+        b_hh: Vec<usize>,
+    },
+    /// There is not one length per batch row.
+    #[error("{lengths} lengths given for a batch of {batch} rows")]
+    LengthCount {
+        /// Lengths given.
+        lengths: usize,
+        /// Batch rows.
+        batch: usize,
+    },
+    /// A row length is 0 or longer than the padded time axis.
+    #[error("row {row} has length {length}, outside 1..={steps}")]
+    Length {
+        /// Batch row.
+        row: usize,
+        /// Its length.
+        length: usize,
+        /// Padded time steps `T`.
+        steps: usize,
+    },
+    /// The three tensors do not share one dtype.
+    #[error("dtypes differ: xs_proj {xs_proj:?}, w_hh {w_hh:?}, b_hh {b_hh:?}")]
+    DType {
+        /// Dtype of `xs_proj`.
+        xs_proj: DType,
+        /// Dtype of `w_hh`.
+        w_hh: DType,
+        /// Dtype of `b_hh`.
+        b_hh: DType,
+    },
+    /// A fused op received a strided tensor (a bug: callers make inputs contiguous).
+    #[error("fused recurrent op got a non-contiguous tensor")]
+    NotContiguous,
+    /// A fused op received a tensor that is not on the CPU.
+    #[error("fused recurrent op got a tensor that is not on the cpu")]
+    NotCpu,
+    /// The backward pass ran without a saved forward state.
+    #[error("fused recurrent op has no saved forward state")]
+    NoForwardState,
+    /// A thread panicked while holding the saved forward state.
+    #[error("saved forward state of a fused recurrent op is poisoned")]
+    Poisoned,
+}
+
+impl From<KernelError> for candle_core::Error {
+    fn from(err: KernelError) -> Self {
+        candle_core::Error::wrap(err)
+    }
+}
+
+/// One direction of a recurrent layer over a padded batch, with gradients.
+///
+/// - `xs_proj`: `(B, T, G*H)`, `x_t @ W_ih^T + b_ih` for every step;
+/// - `w_hh`: `(G*H, H)`; `b_hh`: `(G*H)`; `G = cell.gates()`;
+/// - `lengths`: real length of each row, `1 <= len <= T`; `reverse` reads each row from
+///   its last real token back to the first.
+///
+/// Returns `(B, T, H)`, the hidden state at every real step and 0 at padded ones. See the
+/// module docs for the shared semantics. On the CPU with `f32`/`f64` this is the fused op
+/// (when none of the inputs is tracked by autograd it also skips saving activations);
+/// elsewhere it is [`recurrent_layer_reference`].
+///
+/// # Errors
+/// A [`KernelError`] (wrapped) when shapes, lengths or dtypes do not fit; Candle errors.
 pub fn recurrent_layer(
     xs_proj: &Tensor,
     w_hh: &Tensor,
@@ -14,11 +130,23 @@ pub fn recurrent_layer(
     cell: CellKind,
     lengths: &Arc<Vec<usize>>,
     reverse: bool,
-) -> Result<Tensor> {
-    recurrent_layer_reference(xs_proj, w_hh, b_hh, cell, lengths, reverse)
+) -> candle_core::Result<Tensor> {
+    check_args(xs_proj, w_hh, b_hh, cell, lengths)?;
+    if !is_fused(xs_proj) {
+        return recurrent_layer_reference(xs_proj, w_hh, b_hh, cell, lengths, reverse);
+    }
+    let keep = xs_proj.track_op() || w_hh.track_op() || b_hh.track_op();
+    run_fused(xs_proj, w_hh, b_hh, cell, lengths, reverse, keep)
 }
 
-/// Same as [`recurrent_layer`], for inference.
+/// [`recurrent_layer`] for inference: same arguments and output, but the result is a
+/// plain tensor outside the autograd graph, and the fused op keeps no activations.
+///
+/// Use it whenever no gradient is wanted (evaluation, serving): Candle's custom ops cannot
+/// tell on their own that a tracked weight (a `Var`) will never be differentiated.
+///
+/// # Errors
+/// As [`recurrent_layer`].
 pub fn recurrent_layer_inference(
     xs_proj: &Tensor,
     w_hh: &Tensor,
@@ -26,69 +154,76 @@ pub fn recurrent_layer_inference(
     cell: CellKind,
     lengths: &Arc<Vec<usize>>,
     reverse: bool,
-) -> Result<Tensor> {
-    recurrent_layer_reference(xs_proj, w_hh, b_hh, cell, lengths, reverse)
+) -> candle_core::Result<Tensor> {
+    check_args(xs_proj, w_hh, b_hh, cell, lengths)?;
+    if !is_fused(xs_proj) {
+        return recurrent_layer_reference(xs_proj, w_hh, b_hh, cell, lengths, reverse)
+            .map(|out| out.detach());
+    }
+    run_fused(xs_proj, w_hh, b_hh, cell, lengths, reverse, false)
 }
 
-/// Plain tensor-op version.
-pub fn recurrent_layer_reference(
+/// Whether the fused CPU op handles this input (dtypes were checked to agree).
+fn is_fused(xs_proj: &Tensor) -> bool {
+    matches!(xs_proj.device(), Device::Cpu) && matches!(xs_proj.dtype(), DType::F32 | DType::F64)
+}
+
+/// Applies the fused op; `keep` saves activations and records the op for autograd.
+fn run_fused(
     xs_proj: &Tensor,
     w_hh: &Tensor,
     b_hh: &Tensor,
     cell: CellKind,
     lengths: &Arc<Vec<usize>>,
     reverse: bool,
-) -> Result<Tensor> {
-    let (b, t, _) = xs_proj.dims3()?;
-    let h_size = w_hh.dim(1)?;
-    let dev = xs_proj.device();
-    let mut h = Tensor::zeros((b, h_size), xs_proj.dtype(), dev)?;
-    let mut c = h.clone();
-    let mut outs = vec![None; t];
-    let w_t = w_hh.t()?;
-    for step in 0..t {
-        let mask: Vec<f32> = lengths
-            .iter()
-            .map(|&len| {
-                let active = if reverse { t - 1 - step < len } else { step < len };
-                if active {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let pos = if reverse { t - 1 - step } else { step };
-        // For the reverse direction, row b's step at position pos is active when pos < len.
-        let mask = Tensor::from_vec(mask, (b, 1), dev)?.to_dtype(xs_proj.dtype())?;
-        let xp = xs_proj.narrow(1, pos, 1)?.squeeze(1)?;
-        let hh = h.matmul(&w_t)?.broadcast_add(b_hh)?;
-        let (h_new, c_new) = match cell {
-            CellKind::Rnn => ((xp + hh)?.tanh()?, c.clone()),
-            CellKind::Lstm => {
-                let g = (xp + hh)?.chunk(4, D::Minus1)?;
-                let i = candle_nn::ops::sigmoid(&g[0])?;
-                let f = candle_nn::ops::sigmoid(&g[1])?;
-                let gg = g[2].tanh()?;
-                let o = candle_nn::ops::sigmoid(&g[3])?;
-                let c_new = ((f * &c)? + (i * gg)?)?;
-                ((o * c_new.tanh()?)?, c_new)
-            }
-            CellKind::Gru => {
-                let xg = xp.chunk(3, D::Minus1)?;
-                let hg = hh.chunk(3, D::Minus1)?;
-                let r = candle_nn::ops::sigmoid(&(&xg[0] + &hg[0])?)?;
-                let z = candle_nn::ops::sigmoid(&(&xg[1] + &hg[1])?)?;
-                let n = (&xg[2] + (r * &hg[2])?)?.tanh()?;
-                let one_minus_z = z.affine(-1.0, 1.0)?;
-                (((one_minus_z * n)? + (z * &h)?)?, c.clone())
-            }
-        };
-        let keep = mask.affine(-1.0, 1.0)?;
-        h = (h_new.broadcast_mul(&mask)? + h.broadcast_mul(&keep)?)?;
-        c = (c_new.broadcast_mul(&mask)? + c.broadcast_mul(&keep)?)?;
-        outs[pos] = Some(h.broadcast_mul(&mask)?);
+    keep: bool,
+) -> candle_core::Result<Tensor> {
+    let (xs, w, b) = (xs_proj.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
+    let lengths = Arc::clone(lengths);
+    match (xs.dtype(), keep) {
+        (DType::F64, true) => xs.apply_op3(&w, &b, SequenceOp::<f64>::new(cell, lengths, reverse, true)),
+        (DType::F64, false) => {
+            xs.apply_op3_no_bwd(&w, &b, &SequenceOp::<f64>::new(cell, lengths, reverse, false))
+        }
+        (_, true) => xs.apply_op3(&w, &b, SequenceOp::<f32>::new(cell, lengths, reverse, true)),
+        (_, false) => {
+            xs.apply_op3_no_bwd(&w, &b, &SequenceOp::<f32>::new(cell, lengths, reverse, false))
+        }
     }
-    let outs: Vec<Tensor> = outs.into_iter().map(|o| o.expect("every step visited")).collect();
-    Tensor::stack(&outs, 1)
+}
+
+/// Checks shapes, lengths and dtypes; returns `(B, T, H)`.
+fn check_args(
+    xs_proj: &Tensor,
+    w_hh: &Tensor,
+    b_hh: &Tensor,
+    cell: CellKind,
+    lengths: &[usize],
+) -> Result<(usize, usize, usize), KernelError> {
+    let gates = cell.gates();
+    let (x, w, b) = (xs_proj.dims(), w_hh.dims(), b_hh.dims());
+    let fits = x.len() == 3
+        && w.len() == 2
+        && b.len() == 1
+        && w[0] == gates * w[1]
+        && x[2] == w[0]
+        && b[0] == w[0];
+    if !fits {
+        let (xs_proj, w_hh, b_hh) = (x.to_vec(), w.to_vec(), b.to_vec());
+        return Err(KernelError::Shape { cell, gates, xs_proj, w_hh, b_hh });
+    }
+
+    let (batch, steps) = (x[0], x[1]);
+    if lengths.len() != batch {
+        return Err(KernelError::LengthCount { lengths: lengths.len(), batch });
+    }
+    if let Some((row, &length)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > steps) {
+        return Err(KernelError::Length { row, length, steps });
+    }
+
+    let (dx, dw, db) = (xs_proj.dtype(), w_hh.dtype(), b_hh.dtype());
+    if dx != dw || dx != db {
+        return Err(KernelError::DType { xs_proj: dx, w_hh: dw, b_hh: db });
+    }
+    Ok((batch, steps, w[1]))
 }

@@ -1,0 +1,269 @@
+//! Tests of the recurrent kernels: finite differences, agreement with the reference,
+//! padding and direction semantics. Inputs come from a fixed xorshift generator.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::*;
+
+const CELLS: [CellKind; 3] = [CellKind::Rnn, CellKind::Lstm, CellKind::Gru];
+
+/// Uniform values in `[-scale, scale]` from a xorshift generator seeded with `seed`.
+fn pseudo_random(len: usize, seed: u64, scale: f64) -> Vec<f64> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// `xs_proj (B, T, G*H)`, `w_hh (G*H, H)`, `b_hh (G*H)` as plain tensors.
+fn layer_inputs(cell: CellKind, dims: (usize, usize, usize), seed: u64, dtype: DType) -> [Tensor; 3] {
+    let (b, t, h) = dims;
+    let gh = cell.gates() * h;
+    let make = |len, seed, scale, shape: &[usize]| {
+        let data = pseudo_random(len, seed, scale);
+        Tensor::from_vec(data, shape, &Device::Cpu).and_then(|x| x.to_dtype(dtype)).unwrap()
+    };
+    [
+        make(b * t * gh, seed, 1.5, &[b, t, gh]),
+        make(gh * h, seed + 1, 0.8, &[gh, h]),
+        make(gh, seed + 2, 0.5, &[gh]),
+    ]
+}
+
+fn weighted_sum(out: &Tensor, weights: &Tensor) -> Tensor {
+    (out * weights).unwrap().sum_all().unwrap()
+}
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// Output and gradients of the weighted sum of a layer's output.
+fn run_with_grads(
+    layer: fn(&Tensor, &Tensor, &Tensor, CellKind, &Arc<Vec<usize>>, bool) -> candle_core::Result<Tensor>,
+    inputs: &[Tensor; 3],
+    cell: CellKind,
+    lengths: &Arc<Vec<usize>>,
+    reverse: bool,
+    weights: &Tensor,
+) -> (Vec<f64>, [Vec<f64>; 3]) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let out = layer(&vars[0], &vars[1], &vars[2], cell, lengths, reverse).unwrap();
+    let grads = weighted_sum(&out, weights).backward().unwrap();
+    let grad = |v: &Var| to_vec(grads.get(v).expect("every input gets a gradient"));
+    (to_vec(&out), [grad(&vars[0]), grad(&vars[1]), grad(&vars[2])])
+}
+
+#[test]
+fn fused_gradients_match_finite_differences_in_f64() {
+    let (dims, lengths) = ((3, 4, 3), Arc::new(vec![4, 2, 3]));
+    for cell in CELLS {
+        for reverse in [false, true] {
+            let inputs = layer_inputs(cell, dims, 7, DType::F64);
+            let weights = Tensor::from_vec(pseudo_random(36, 99, 1.0), (3, 4, 3), &Device::Cpu).unwrap();
+            let (_, grads) = run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
+
+            for (which, grad) in grads.iter().enumerate() {
+                let base = to_vec(&inputs[which]);
+                let loss_at = |k: usize, delta: f64| {
+                    let mut data = base.clone();
+                    data[k] += delta;
+                    let mut args = inputs.clone();
+                    args[which] = Tensor::from_vec(data, inputs[which].shape(), &Device::Cpu).unwrap();
+                    let out = recurrent_layer(&args[0], &args[1], &args[2], cell, &lengths, reverse);
+                    weighted_sum(&out.unwrap(), &weights).to_scalar::<f64>().unwrap()
+                };
+                for (k, &g) in grad.iter().enumerate() {
+                    let fd = (loss_at(k, 1e-5) - loss_at(k, -1e-5)) / 2e-5;
+                    assert!(
+                        (fd - g).abs() < 1e-8 + 1e-6 * g.abs(),
+                        "{cell:?} reverse={reverse} input {which} element {k}: fd {fd} vs {g}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_f32_matches_reference_outputs_and_gradients_on_mixed_lengths() {
+    for (dims, lengths) in [((5, 7, 8), vec![7, 3, 1, 7, 5]), ((4, 6, 5), vec![2, 6, 6, 4])] {
+        let lengths = Arc::new(lengths);
+        let (b, t, h) = dims;
+        let weights = Tensor::from_vec(pseudo_random(b * t * h, 5, 1.0), (b, t, h), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        for cell in CELLS {
+            for reverse in [false, true] {
+                let inputs = layer_inputs(cell, dims, 11, DType::F32);
+                let (out, grads) = run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
+                let (ref_out, ref_grads) =
+                    run_with_grads(recurrent_layer_reference, &inputs, cell, &lengths, reverse, &weights);
+                assert!(max_diff(&out, &ref_out) < 1e-5, "{cell:?} reverse={reverse} outputs");
+                for (which, (g, r)) in grads.iter().zip(&ref_grads).enumerate() {
+                    let scale = 1.0 + r.iter().fold(0f64, |m, x| m.max(x.abs()));
+                    let diff = max_diff(g, r);
+                    assert!(diff < 1e-5 * scale, "{cell:?} reverse={reverse} grad {which}: {diff}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_are_the_same_alone_or_padded_and_zero_past_their_length() {
+    let lengths = Arc::new(vec![5, 2, 6, 4]);
+    let (b, t, h) = (4, 6, 4);
+    for cell in CELLS {
+        for reverse in [false, true] {
+            let [xs, w, bias] = layer_inputs(cell, (b, t, h), 3, DType::F64);
+            let batch_out = recurrent_layer(&xs, &w, &bias, cell, &lengths, reverse).unwrap();
+            for (row, &len) in lengths.iter().enumerate() {
+                let alone_xs = xs.narrow(0, row, 1).unwrap().narrow(1, 0, len).unwrap();
+                let alone = recurrent_layer(&alone_xs, &w, &bias, cell, &Arc::new(vec![len]), reverse);
+                let in_batch = batch_out.narrow(0, row, 1).unwrap();
+                let real = to_vec(&in_batch.narrow(1, 0, len).unwrap());
+                assert!(max_diff(&real, &to_vec(&alone.unwrap())) < 1e-12, "{cell:?} row {row}");
+                let padded = to_vec(&in_batch.narrow(1, len, t - len).unwrap());
+                assert!(padded.iter().all(|&x| x == 0.0), "{cell:?} row {row} padding");
+            }
+        }
+    }
+}
+
+#[test]
+fn no_gradient_reaches_padded_inputs() {
+    let lengths = Arc::new(vec![3, 5, 1]);
+    for cell in CELLS {
+        for reverse in [false, true] {
+            let inputs = layer_inputs(cell, (3, 5, 4), 21, DType::F32);
+            let ones = Tensor::ones((3, 5, 4), DType::F32, &Device::Cpu).unwrap();
+            let (_, grads) = run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &ones);
+            let gw = cell.gates() * 4;
+            for (row, &len) in lengths.iter().enumerate() {
+                let padded = &grads[0][(row * 5 + len) * gw..(row + 1) * 5 * gw];
+                assert!(padded.iter().all(|&x| x == 0.0), "{cell:?} row {row}");
+                let real = &grads[0][row * 5 * gw..(row * 5 + len) * gw];
+                assert!(real.iter().any(|&x| x != 0.0), "{cell:?} row {row} has gradient");
+            }
+        }
+    }
+}
+
+#[test]
+fn reverse_starts_at_each_rows_last_real_token() {
+    let lengths = Arc::new(vec![2, 5, 3]);
+    let (b, t, h) = (3, 5, 3);
+    for cell in CELLS {
+        let [xs, w, bias] = layer_inputs(cell, (b, t, h), 17, DType::F64);
+        let reversed = recurrent_layer(&xs, &w, &bias, cell, &lengths, true).unwrap();
+        let gw = cell.gates() * h;
+        let data = to_vec(&xs);
+        for (row, &len) in lengths.iter().enumerate() {
+            // The row's real tokens in reverse order, as a batch of one.
+            let flipped: Vec<f64> = (0..len)
+                .rev()
+                .flat_map(|step| data[(row * t + step) * gw..(row * t + step + 1) * gw].to_vec())
+                .collect();
+            let flipped = Tensor::from_vec(flipped, (1, len, gw), &Device::Cpu).unwrap();
+            let forward =
+                recurrent_layer_reference(&flipped, &w, &bias, cell, &Arc::new(vec![len]), false);
+            let forward = to_vec(&forward.unwrap());
+            let got = to_vec(&reversed.narrow(0, row, 1).unwrap().narrow(1, 0, len).unwrap());
+            for step in 0..len {
+                let want = &forward[(len - 1 - step) * h..(len - step) * h];
+                let diff = max_diff(&got[step * h..(step + 1) * h], want);
+                assert!(diff < 1e-12, "{cell:?} row {row} step {step}: {diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn inference_matches_training_forward_without_a_graph() {
+    let lengths = Arc::new(vec![4, 1, 3]);
+    for cell in CELLS {
+        let inputs = layer_inputs(cell, (3, 4, 6), 2, DType::F32);
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let train = recurrent_layer(&vars[0], &vars[1], &vars[2], cell, &lengths, true).unwrap();
+        let infer = recurrent_layer_inference(&vars[0], &vars[1], &vars[2], cell, &lengths, true);
+        let infer = infer.unwrap();
+        assert!(train.track_op() && !infer.track_op());
+        assert_eq!(to_vec(&train), to_vec(&infer), "{cell:?}");
+    }
+}
+
+#[test]
+fn bad_shapes_and_lengths_are_rejected() {
+    let [xs, w, b] = layer_inputs(CellKind::Gru, (2, 3, 4), 1, DType::F32);
+    let err = |lengths: Vec<usize>, cell| {
+        recurrent_layer(&xs, &w, &b, cell, &Arc::new(lengths), false).unwrap_err().to_string()
+    };
+    assert!(err(vec![3, 0], CellKind::Gru).contains("row 1 has length 0"));
+    assert!(err(vec![3, 4], CellKind::Gru).contains("row 1 has length 4"));
+    assert!(err(vec![3], CellKind::Gru).contains("1 lengths given for a batch of 2"));
+    assert!(err(vec![3, 3], CellKind::Lstm).contains("shapes do not fit"));
+    let w64 = w.to_dtype(DType::F64).unwrap();
+    let mixed = recurrent_layer(&xs, &w64, &b, CellKind::Gru, &Arc::new(vec![3, 3]), false);
+    assert!(mixed.unwrap_err().to_string().contains("dtypes differ"));
+}
+
+/// Milliseconds per call of `f`, median of `runs` after two warm-up calls.
+fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    let mut times: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[runs / 2]
+}
+
+#[test]
+#[ignore = "timing report, not a test: cargo test --release --lib ml::kernels -- --ignored --nocapture"]
+fn report_kernel_timings() {
+    let lengths = Arc::new(vec![32; 64]);
+    for (cell, hidden, runs) in [(CellKind::Gru, 64, 50), (CellKind::Lstm, 256, 10)] {
+        let inputs = layer_inputs(cell, (64, 32, hidden), 1, DType::F32);
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let weights = Tensor::ones((64, 32, hidden), DType::F32, &Device::Cpu).unwrap();
+        let train = time_ms(runs, || {
+            let out = recurrent_layer(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
+            weighted_sum(&out, &weights).backward().unwrap();
+        });
+        let forward = time_ms(runs, || {
+            recurrent_layer(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
+        });
+        let infer = time_ms(runs, || {
+            recurrent_layer_inference(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
+        });
+        let one = Arc::new(vec![32]);
+        let row: Vec<Tensor> = inputs.iter().map(|t| t.clone()).collect();
+        let row_xs = row[0].narrow(0, 0, 1).unwrap().contiguous().unwrap();
+        let infer_b1 = time_ms(runs * 10, || {
+            recurrent_layer_inference(&row_xs, &row[1], &row[2], cell, &one, false).unwrap();
+        });
+        println!(
+            "{cell:?} {hidden}, B 64, T 32: fwd+bwd {train:.3} ms, fwd (saving) {forward:.3} ms, \
+             inference {infer:.3} ms, inference B 1 {infer_b1:.4} ms"
+        );
+    }
+}
