@@ -5,4 +5,11 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod cli;
+pub mod domain;
+pub mod jobs;
 pub mod ml;
+pub mod serving;
+pub mod storage;
+pub mod store;

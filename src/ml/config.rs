@@ -297,7 +297,12 @@ pub struct DistillConfig {
 
 impl Default for DistillConfig {
     fn default() -> Self {
-        Self { loss: DistillLoss::Kl, temperature: 4.0, alpha: 0.7, augment: AugmentConfig::default() }
+        Self {
+            loss: DistillLoss::Kl,
+            temperature: 4.0,
+            alpha: 0.7,
+            augment: AugmentConfig::default(),
+        }
     }
 }
 
@@ -313,7 +318,10 @@ impl DistillConfig {
         check_range("distillation.augment.factor", a.factor, 0, 64)?;
         for (name, p) in [("mask_prob", a.mask_prob), ("replace_prob", a.replace_prob)] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(ConfigError::new(&format!("distillation.augment.{name}"), "must be in [0, 1]"));
+                return Err(ConfigError::new(
+                    &format!("distillation.augment.{name}"),
+                    "must be in [0, 1]",
+                ));
             }
         }
         if !(0.0..=1.0).contains(&a.ngram_prob) {
@@ -381,7 +389,10 @@ impl TrainingConfig {
             return Err(ConfigError::new("training.weight_decay", "must be >= 0"));
         }
         if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
-            return Err(ConfigError::new("training.clip_norm", "must be >= 0 (0 disables clipping)"));
+            return Err(ConfigError::new(
+                "training.clip_norm",
+                "must be >= 0 (0 disables clipping)",
+            ));
         }
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             return Err(ConfigError::new("training.validation_fraction", "must be in (0, 1)"));
@@ -458,7 +469,10 @@ impl JobConfig {
 
 fn check_range(field: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if value < min || value > max {
-        return Err(ConfigError::new(field, format!("must be between {min} and {max}, got {value}")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
     }
     Ok(())
 }

@@ -170,7 +170,8 @@ pub fn read_csv<R: Read>(reader: R, limits: &ReadLimits) -> Result<Vec<Example>,
     let header_error = |message: String| DataError::Line { line: 1, message };
     let headers = csv.headers().map_err(|e| header_error(format!("invalid CSV header: {e}")))?;
     let column = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
-    let text_col = column("text").ok_or_else(|| header_error("header has no `text` column".into()))?;
+    let text_col =
+        column("text").ok_or_else(|| header_error("header has no `text` column".into()))?;
     let label_col = column("label");
 
     let mut rows = Vec::new();
@@ -191,7 +192,11 @@ pub fn read_csv<R: Read>(reader: R, limits: &ReadLimits) -> Result<Vec<Example>,
     non_empty(rows)
 }
 
-fn push_row(rows: &mut Vec<Example>, example: Example, limits: &ReadLimits) -> Result<(), DataError> {
+fn push_row(
+    rows: &mut Vec<Example>,
+    example: Example,
+    limits: &ReadLimits,
+) -> Result<(), DataError> {
     if rows.len() >= limits.max_rows {
         return Err(DataError::TooManyRows { limit: limits.max_rows });
     }
@@ -293,6 +298,9 @@ mod tests {
         let err = read_json_lines("{\"text\": \"abcdef\"}".as_bytes(), &limits).unwrap_err();
         assert!(err.to_string().contains("longer than 4 bytes"), "{err}");
         let two = "{\"text\": \"a\"}\n{\"text\": \"b\"}\n";
-        assert!(matches!(read_json_lines(two.as_bytes(), &limits), Err(DataError::TooManyRows { .. })));
+        assert!(matches!(
+            read_json_lines(two.as_bytes(), &limits),
+            Err(DataError::TooManyRows { .. })
+        ));
     }
 }

@@ -9,7 +9,9 @@ pub enum DeviceError {
     #[error("unknown device `{0}`: expected `auto`, `cpu` or `cuda:N`")]
     Unknown(String),
     /// CUDA was asked for, but this binary was built without the `cuda` feature.
-    #[error("device `{0}` needs CUDA, but this build has no CUDA support (build with --features cuda)")]
+    #[error(
+        "device `{0}` needs CUDA, but this build has no CUDA support (build with --features cuda)"
+    )]
     NotCompiled(String),
     /// CUDA was asked for and the device could not be opened.
     #[error("cannot open CUDA device {ordinal}")]

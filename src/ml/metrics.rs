@@ -48,7 +48,8 @@ impl Metrics {
             confusion[t][p] += 1;
         }
         let correct: usize = (0..n).map(|c| confusion[c][c]).sum();
-        let per_class: Vec<ClassMetrics> = (0..n).map(|c| class_metrics(&confusion, c, &labels[c])).collect();
+        let per_class: Vec<ClassMetrics> =
+            (0..n).map(|c| class_metrics(&confusion, c, &labels[c])).collect();
         let macro_f1 = per_class.iter().map(|c| c.f1).sum::<f64>() / n.max(1) as f64;
         Metrics {
             rows: truth.len(),
