@@ -1,0 +1,373 @@
+//! The recurrent text classifier: embedding -> recurrent layers -> pooling -> dropout -> linear.
+//!
+//! Parameters are named as they are saved in safetensors files (renaming breaks old
+//! checkpoints): `embedding` `(V, E)`; per layer `l` and direction `d` (`fwd`, `bwd`):
+//! `layers.{l}.{d}.w_ih` `(G*H, in)`, `.b_ih` `(G*H)`, `.w_hh` `(G*H, H)`, `.b_hh` `(G*H)`;
+//! `head.weight` `(C, D)` and `head.bias` `(C)`. Gates follow PyTorch's order, so weights
+//! can be compared with a PyTorch model of the same shape.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+
+use crate::ml::batch::Batch;
+use crate::ml::config::{ModelConfig, Pooling};
+use crate::ml::kernels;
+use crate::ml::rng::Rng;
+
+/// Whether a forward pass trains (dropout on, graph recorded) or only predicts.
+pub enum Mode<'a> {
+    /// Training: dropout masks come from this generator.
+    Train(&'a mut Rng),
+    /// Evaluation: no dropout, the fast inference kernels.
+    Eval,
+}
+
+struct Direction {
+    w_ih: Tensor,
+    b_ih: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor,
+}
+
+/// A recurrent classifier with its weights.
+pub struct Classifier {
+    config: ModelConfig,
+    vocab_size: usize,
+    classes: usize,
+    embedding: Tensor,
+    layers: Vec<Vec<Direction>>,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    named: Vec<(String, Tensor)>,
+}
+
+impl Classifier {
+    /// A new classifier with PyTorch's initialisation, drawn from `seed`.
+    ///
+    /// Embeddings ~ N(0, 1); recurrent weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)); the
+    /// output layer ~ U(-1/sqrt(D), 1/sqrt(D)). The parameters are trainable [`Var`]s.
+    ///
+    /// # Errors
+    /// When a tensor cannot be created on `device`.
+    pub fn new(
+        config: &ModelConfig,
+        vocab_size: usize,
+        classes: usize,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = Rng::derive(seed, "init", 0);
+        let mut tensors = HashMap::new();
+        for (name, shape) in parameter_shapes(config, vocab_size, classes) {
+            let n: usize = shape.iter().product();
+            let bound = init_bound(&name, config, &shape);
+            let values: Vec<f64> = (0..n)
+                .map(|_| match bound {
+                    None => rng.normal(),
+                    Some(b) => (2.0 * rng.next_f64() - 1.0) * b,
+                })
+                .collect();
+            let t = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
+            tensors.insert(name, Var::from_tensor(&t)?.as_tensor().clone());
+        }
+        Self::assemble(config, vocab_size, classes, tensors)
+    }
+
+    /// A classifier from saved tensors, checked against the shapes of `config`.
+    ///
+    /// With `trainable`, the parameters become [`Var`]s (copied); without, they are plain
+    /// tensors and no gradient is ever computed for them (a frozen teacher, or serving).
+    ///
+    /// # Errors
+    /// When a tensor is missing or has the wrong shape.
+    pub fn from_tensors(
+        config: &ModelConfig,
+        vocab_size: usize,
+        classes: usize,
+        mut tensors: HashMap<String, Tensor>,
+        trainable: bool,
+    ) -> Result<Self> {
+        let mut kept = HashMap::new();
+        for (name, shape) in parameter_shapes(config, vocab_size, classes) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))?;
+            if t.dims() != shape.as_slice() {
+                let msg = format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims());
+                return Err(candle_core::Error::Msg(msg));
+            }
+            let t = if trainable { Var::from_tensor(&t)?.as_tensor().clone() } else { t.detach() };
+            kept.insert(name, t);
+        }
+        Self::assemble(config, vocab_size, classes, kept)
+    }
+
+    fn assemble(
+        config: &ModelConfig,
+        vocab_size: usize,
+        classes: usize,
+        mut t: HashMap<String, Tensor>,
+    ) -> Result<Self> {
+        let mut named: Vec<(String, Tensor)> =
+            t.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut take = |name: &str| {
+            t.remove(name).ok_or_else(|| candle_core::Error::Msg(format!("missing `{name}`")))
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for l in 0..config.layers {
+            let mut dirs = Vec::new();
+            for d in directions(config) {
+                let p = format!("layers.{l}.{d}");
+                dirs.push(Direction {
+                    w_ih: take(&format!("{p}.w_ih"))?,
+                    b_ih: take(&format!("{p}.b_ih"))?,
+                    w_hh: take(&format!("{p}.w_hh"))?,
+                    b_hh: take(&format!("{p}.b_hh"))?,
+                });
+            }
+            layers.push(dirs);
+        }
+        Ok(Self {
+            config: config.clone(),
+            vocab_size,
+            classes,
+            embedding: take("embedding")?,
+            layers,
+            head_weight: take("head.weight")?,
+            head_bias: take("head.bias")?,
+            named,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Vocabulary size the embedding was built for.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Parameters by saved name, sorted by name.
+    pub fn tensors(&self) -> &[(String, Tensor)] {
+        &self.named
+    }
+
+    /// The trainable parameters by name (empty for a frozen classifier).
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.named
+            .iter()
+            .filter(|(_, t)| t.is_variable())
+            .filter_map(|(n, t)| Var::from_tensor(t).ok().map(|v| (n.clone(), v)))
+            .collect()
+    }
+
+    /// Number of parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.named.iter().map(|(_, t)| t.elem_count()).sum()
+    }
+
+    /// Logits `(B, C)` of a batch.
+    ///
+    /// # Errors
+    /// When a tensor operation fails (e.g. an id outside the vocabulary).
+    pub fn forward(&self, batch: &Batch, mut mode: Mode<'_>) -> Result<Tensor> {
+        let (b, t) = batch.ids.dims2()?;
+        let ids = batch.ids.flatten_all()?;
+        let mut xs = self.embedding.index_select(&ids, 0)?.reshape((b, t, ()))?;
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            if l > 0 {
+                xs = self.dropout(&xs, &mut mode)?;
+            }
+            let flat = xs.reshape((b * t, ()))?;
+            let mut outs = Vec::with_capacity(layer.len());
+            for (d, dir) in layer.iter().enumerate() {
+                let proj = flat.matmul(&dir.w_ih.t()?)?.broadcast_add(&dir.b_ih)?;
+                let proj = proj.reshape((b, t, ()))?;
+                let run = match mode {
+                    Mode::Train(_) => kernels::recurrent_layer,
+                    Mode::Eval => kernels::recurrent_layer_inference,
+                };
+                outs.push(run(
+                    &proj,
+                    &dir.w_hh,
+                    &dir.b_hh,
+                    self.config.cell,
+                    &batch.lengths,
+                    d == 1,
+                )?);
+            }
+            xs = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2)? };
+        }
+
+        let pooled = self.pool(&xs, &batch.lengths)?;
+        let pooled = self.dropout(&pooled, &mut mode)?;
+        pooled.matmul(&self.head_weight.t()?)?.broadcast_add(&self.head_bias)
+    }
+
+    /// Pools `(B, T, D)` layer outputs into `(B, D)`; padded positions hold zeros.
+    fn pool(&self, xs: &Tensor, lengths: &Arc<Vec<usize>>) -> Result<Tensor> {
+        let (b, t, d) = xs.dims3()?;
+        let device = xs.device();
+        match self.config.pooling {
+            Pooling::Last => {
+                let flat = xs.reshape((b * t, d))?;
+                let last: Vec<u32> =
+                    lengths.iter().enumerate().map(|(i, &n)| (i * t + n - 1) as u32).collect();
+                let last = flat.index_select(&Tensor::from_vec(last, b, device)?, 0)?;
+                if !self.config.bidirectional {
+                    return Ok(last);
+                }
+                // The backward direction ends at the first token.
+                let h = self.config.hidden_size;
+                let first: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
+                let first = flat.index_select(&Tensor::from_vec(first, b, device)?, 0)?;
+                Tensor::cat(&[last.narrow(1, 0, h)?, first.narrow(1, h, h)?], 1)
+            }
+            Pooling::Mean => {
+                let lens: Vec<f32> = lengths.iter().map(|&n| n as f32).collect();
+                let lens = Tensor::from_vec(lens, (b, 1), device)?.to_dtype(xs.dtype())?;
+                xs.sum(1)?.broadcast_div(&lens)
+            }
+            Pooling::Max => {
+                let mask: Vec<f32> = lengths
+                    .iter()
+                    .flat_map(|&n| (0..t).map(move |i| if i < n { 0.0 } else { -1e30 }))
+                    .collect();
+                let mask = Tensor::from_vec(mask, (b, t, 1), device)?.to_dtype(xs.dtype())?;
+                xs.broadcast_add(&mask)?.max(1)
+            }
+        }
+    }
+
+    fn dropout(&self, xs: &Tensor, mode: &mut Mode<'_>) -> Result<Tensor> {
+        let p = self.config.dropout;
+        let Mode::Train(rng) = mode else { return Ok(xs.clone()) };
+        if p <= 0.0 {
+            return Ok(xs.clone());
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> =
+            (0..xs.elem_count()).map(|_| if rng.next_f64() < p { 0.0 } else { scale }).collect();
+        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+        xs * mask
+    }
+}
+
+fn directions(config: &ModelConfig) -> &'static [&'static str] {
+    if config.bidirectional {
+        &["fwd", "bwd"]
+    } else {
+        &["fwd"]
+    }
+}
+
+/// Names and shapes of every parameter of a configuration.
+pub fn parameter_shapes(
+    config: &ModelConfig,
+    vocab: usize,
+    classes: usize,
+) -> Vec<(String, Vec<usize>)> {
+    let gh = config.cell.gates() * config.hidden_size;
+    let mut shapes = vec![("embedding".to_string(), vec![vocab, config.embedding_dim])];
+    let dirs = directions(config);
+    for l in 0..config.layers {
+        let input = if l == 0 { config.embedding_dim } else { config.hidden_size * dirs.len() };
+        for d in dirs {
+            let p = format!("layers.{l}.{d}");
+            shapes.push((format!("{p}.w_ih"), vec![gh, input]));
+            shapes.push((format!("{p}.b_ih"), vec![gh]));
+            shapes.push((format!("{p}.w_hh"), vec![gh, config.hidden_size]));
+            shapes.push((format!("{p}.b_hh"), vec![gh]));
+        }
+    }
+    shapes.push(("head.weight".to_string(), vec![classes, config.output_dim()]));
+    shapes.push(("head.bias".to_string(), vec![classes]));
+    shapes
+}
+
+/// Half-width of the uniform initialisation, or `None` for the normal one (embeddings).
+fn init_bound(name: &str, config: &ModelConfig, _shape: &[usize]) -> Option<f64> {
+    if name == "embedding" {
+        None
+    } else if name.starts_with("head.") {
+        Some(1.0 / (config.output_dim() as f64).sqrt())
+    } else {
+        Some(1.0 / (config.hidden_size as f64).sqrt())
+    }
+}
+
+/// Class indices of the largest logit of each row.
+///
+/// # Errors
+/// When the logits cannot be read back.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<usize>> {
+    let idx = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok(idx.into_iter().map(|i| i as usize).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::config::CellKind;
+
+    fn config(cell: CellKind, bidirectional: bool, pooling: Pooling) -> ModelConfig {
+        ModelConfig {
+            cell,
+            embedding_dim: 6,
+            hidden_size: 5,
+            layers: 2,
+            bidirectional,
+            dropout: 0.0,
+            pooling,
+        }
+    }
+
+    /// A text's logits do not depend on the padding of its batch (every cell, direction
+    /// and pooling).
+    #[test]
+    fn logits_are_padding_invariant() {
+        for cell in [CellKind::Rnn, CellKind::Lstm, CellKind::Gru] {
+            for bi in [false, true] {
+                for pooling in [Pooling::Last, Pooling::Mean, Pooling::Max] {
+                    let cfg = config(cell, bi, pooling);
+                    let model = Classifier::new(&cfg, 20, 3, 1, DType::F32, &Device::Cpu).unwrap();
+                    let short = [3u32, 4, 5];
+                    let long = [7u32, 8, 9, 10, 11, 12, 13];
+                    let alone = Batch::from_sequences(&[&short], &Device::Cpu).unwrap();
+                    let padded = Batch::from_sequences(&[&long, &short], &Device::Cpu).unwrap();
+                    let a = model.forward(&alone, Mode::Eval).unwrap().to_vec2::<f32>().unwrap();
+                    let p = model.forward(&padded, Mode::Eval).unwrap().to_vec2::<f32>().unwrap();
+                    for (x, y) in a[0].iter().zip(&p[1]) {
+                        assert!((x - y).abs() < 1e-5, "{cell:?} bi={bi} {pooling:?}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn saved_tensors_rebuild_the_same_model() {
+        let cfg = config(CellKind::Lstm, true, Pooling::Last);
+        let model = Classifier::new(&cfg, 20, 3, 9, DType::F32, &Device::Cpu).unwrap();
+        let tensors: HashMap<String, Tensor> = model.tensors().iter().cloned().collect();
+        let back = Classifier::from_tensors(&cfg, 20, 3, tensors, false).unwrap();
+        let batch = Batch::from_sequences(&[&[1u32, 2, 3][..], &[4u32][..]], &Device::Cpu).unwrap();
+        let a = model.forward(&batch, Mode::Eval).unwrap().to_vec2::<f32>().unwrap();
+        let b = back.forward(&batch, Mode::Eval).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(a, b);
+        assert!(back.vars().is_empty(), "a frozen model has no trainable variables");
+        assert_eq!(model.vars().len(), model.tensors().len());
+    }
+}
