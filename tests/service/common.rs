@@ -20,7 +20,7 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
+    pub tmp: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -29,7 +29,7 @@ impl TestServer {
         let tmp = tempfile::tempdir().unwrap();
         let data_dir = tmp.path().to_path_buf();
         let mut server = Self::start_in(&data_dir, extra).await;
-        server._tmp = Some(tmp);
+        server.tmp = Some(tmp);
         server
     }
 
@@ -38,7 +38,7 @@ impl TestServer {
         let args = serve_args(data_dir, extra);
         let service = Service::start(args, true).await.expect("server starts");
         let base = format!("http://{}", service.addr());
-        Self { service: Some(service), base, client: reqwest::Client::new(), data_dir: data_dir.into(), _tmp: None }
+        Self { service: Some(service), base, client: reqwest::Client::new(), data_dir: data_dir.into(), tmp: None }
     }
 
     /// The full URL of a path.

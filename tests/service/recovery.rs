@@ -40,7 +40,7 @@ fn client_for(base: &str, data_dir: &Path) -> TestServer {
         base: base.to_string(),
         client: reqwest::Client::new(),
         data_dir: data_dir.to_path_buf(),
-        _tmp: None,
+        tmp: None,
     }
 }
 

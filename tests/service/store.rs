@@ -43,7 +43,7 @@ async fn cleanup(store: Store, guard: Cleanup) {
     if let Cleanup::Postgres { admin_url, name } = guard {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {name}")).execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
     }
 }
 

@@ -15,8 +15,7 @@ pub async fn with_default(
     ApiJson(request): ApiJson<PredictRequest>,
 ) -> Result<Json<PredictResponse>, ApiError> {
     let model = request.model.clone().map(ModelId::from_string);
-    let id = state.models.resolve(model).await?;
-    run(&state, id, request).await
+    run(&state, model, request).await
 }
 
 /// `POST /v1/models/{id}/predict`: predicts with this model.
@@ -29,12 +28,14 @@ pub async fn with_model(
         let message = "`model` differs from the model in the path; leave it out".to_string();
         return Err(ApiError::InvalidRequest(message));
     }
-    run(&state, ModelId::from_string(id), request).await
+    run(&state, Some(ModelId::from_string(id)), request).await
 }
 
+/// Checks the request first (a bad request is refused whatever the model), then picks
+/// the model and predicts.
 async fn run(
     state: &AppState,
-    id: ModelId,
+    model: Option<ModelId>,
     request: PredictRequest,
 ) -> Result<Json<PredictResponse>, ApiError> {
     let role = request.role.unwrap_or(Role::Student);
@@ -43,6 +44,7 @@ async fn run(
         return Err(ApiError::InvalidRequest("`top_k` must be at least 1".into()));
     }
     let texts = checked_texts(request, &state.limits)?;
+    let id = state.models.resolve(model).await?;
 
     let prediction = state.models.predict(&id, role, texts).await?;
     let predictions = prediction
