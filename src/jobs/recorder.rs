@@ -219,28 +219,30 @@ impl<'a> Recorder<'a> {
     /// Uploads a staged checkpoint, then drops stored files the trainer has removed.
     async fn upload(&self, staged: &Path, relative: &str) {
         let base = checkpoint_prefix(&self.id);
-        let prefix = if relative.is_empty() { base.clone() } else { format!("{base}/{relative}") };
+        let prefix = if relative.is_empty() { base } else { format!("{base}/{relative}") };
         let started = Instant::now();
         match self.ctx.storage.upload_dir(staged, &prefix).await {
-            Ok(keys) => tracing::info!(
-                files = keys.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "checkpoint stored"
-            ),
+            Ok(keys) => {
+                tracing::info!(
+                    files = keys.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint stored"
+                );
+                self.prune(&prefix, &keys).await;
+            }
             Err(error) => tracing::warn!(error = %error, "cannot store the checkpoint"),
         }
         let _ = tokio::fs::remove_dir_all(staged).await;
-        self.prune(&base).await;
     }
 
-    async fn prune(&self, base: &str) {
-        let work = self.ctx.settings.work_dir.join(self.id.as_str()).join("work");
-        let Ok(keys) = self.ctx.storage.list(base).await else { return };
-        for key in keys {
-            let relative = key.strip_prefix(base).unwrap_or(&key).trim_start_matches('/');
-            if !work.join(relative).exists() {
-                let _ = self.ctx.storage.delete(&key).await;
-            }
+    /// Deletes stored files of this checkpoint that the copy just stored no longer has.
+    ///
+    /// Only the complete copy decides: the live work folder may already be an epoch
+    /// ahead of what the storage holds.
+    async fn prune(&self, prefix: &str, kept: &[String]) {
+        let Ok(stored) = self.ctx.storage.list(prefix).await else { return };
+        for key in stored.iter().filter(|k| !kept.contains(k)) {
+            let _ = self.ctx.storage.delete(key).await;
         }
     }
 }

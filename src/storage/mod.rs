@@ -260,11 +260,16 @@ impl Storage {
     /// Uploads every file below `dir` to `prefix/<relative path>`. Returns the keys
     /// written.
     ///
+    /// JSON files go last: an index such as a checkpoint's `state.json` names the other
+    /// files, so a reader that sees it finds them all, even if the upload is cut short.
+    ///
     /// # Errors
     /// A [`StorageError`] when a file cannot be read or written.
     pub async fn upload_dir(&self, dir: &Path, prefix: &str) -> Result<Vec<String>, StorageError> {
         let mut keys = Vec::new();
-        for file in local_files(dir)? {
+        let mut files = local_files(dir)?;
+        files.sort_by_key(|f| f.extension().is_some_and(|e| e == "json"));
+        for file in files {
             let relative = file.strip_prefix(dir).unwrap_or(&file);
             let key = format!("{prefix}/{}", slash_path(relative));
             self.put_file(&key, &file).await?;
@@ -355,11 +360,15 @@ mod tests {
         std::fs::write(dir.path().join("top.json"), b"1").unwrap();
         let keys = storage.upload_dir(dir.path(), "checkpoints/j1").await.unwrap();
         assert_eq!(keys, ["checkpoints/j1/a/b/w.bin", "checkpoints/j1/top.json"]);
+        std::fs::write(dir.path().join("a/index.json"), b"{}").unwrap();
+        let keys = storage.upload_dir(dir.path(), "ordered").await.unwrap();
+        assert_eq!(keys[0], "ordered/a/b/w.bin", "json files go last: {keys:?}");
 
         let back = tempfile::tempdir().unwrap();
         assert_eq!(storage.download_prefix("checkpoints/j1", back.path()).await.unwrap(), 2);
         assert_eq!(std::fs::read(back.path().join("a/b/w.bin")).unwrap(), b"weights");
         assert_eq!(storage.delete_prefix("checkpoints/j1").await.unwrap(), 2);
+        storage.delete_prefix("ordered").await.unwrap();
         assert!(storage.list("checkpoints/j1").await.unwrap().is_empty());
         storage.delete("checkpoints/j1/top.json").await.unwrap();
     }

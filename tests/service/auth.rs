@@ -9,16 +9,26 @@ async fn with_a_key_every_route_but_health_needs_it() {
     assert_error(&server.get("/v1/jobs").await, 401, "unauthorized");
     assert_error(&server.get("/metrics").await, 401, "unauthorized");
 
-    let wrong = server.client.get(server.url("/v1/jobs")).bearer_auth("s3cret-kez").send().await.unwrap();
+    let wrong =
+        server.client.get(server.url("/v1/jobs")).bearer_auth("s3cret-kez").send().await.unwrap();
     assert_error(&status_and_json(wrong).await, 401, "unauthorized");
-    let short = server.client.get(server.url("/v1/jobs")).bearer_auth("s3cret").send().await.unwrap();
+    let short =
+        server.client.get(server.url("/v1/jobs")).bearer_auth("s3cret").send().await.unwrap();
     assert_error(&status_and_json(short).await, 401, "unauthorized");
-    let basic = server.client.get(server.url("/v1/jobs")).basic_auth("s3cret-key", None::<&str>).send().await.unwrap();
+    let basic = server
+        .client
+        .get(server.url("/v1/jobs"))
+        .basic_auth("s3cret-key", None::<&str>)
+        .send()
+        .await
+        .unwrap();
     assert_error(&status_and_json(basic).await, 401, "unauthorized");
 
-    let right = server.client.get(server.url("/v1/jobs")).bearer_auth("s3cret-key").send().await.unwrap();
+    let right =
+        server.client.get(server.url("/v1/jobs")).bearer_auth("s3cret-key").send().await.unwrap();
     assert_eq!(right.status(), 200);
-    let ready = server.client.get(server.url("/ready")).bearer_auth("s3cret-key").send().await.unwrap();
+    let ready =
+        server.client.get(server.url("/ready")).bearer_auth("s3cret-key").send().await.unwrap();
     assert_eq!(ready.status(), 200);
     server.stop().await;
 }
@@ -27,7 +37,8 @@ async fn with_a_key_every_route_but_health_needs_it() {
 async fn without_a_key_the_api_is_open() {
     let mut server = TestServer::start(&["--workers", "0"]).await;
     assert_eq!(server.get("/v1/jobs").await.0, 200);
-    let with_header = server.client.get(server.url("/v1/models")).bearer_auth("anything").send().await.unwrap();
+    let with_header =
+        server.client.get(server.url("/v1/models")).bearer_auth("anything").send().await.unwrap();
     assert_eq!(with_header.status(), 200);
     server.stop().await;
 }

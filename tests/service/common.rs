@@ -38,7 +38,13 @@ impl TestServer {
         let args = serve_args(data_dir, extra);
         let service = Service::start(args, true).await.expect("server starts");
         let base = format!("http://{}", service.addr());
-        Self { service: Some(service), base, client: reqwest::Client::new(), data_dir: data_dir.into(), tmp: None }
+        Self {
+            service: Some(service),
+            base,
+            client: reqwest::Client::new(),
+            data_dir: data_dir.into(),
+            tmp: None,
+        }
     }
 
     /// The full URL of a path.

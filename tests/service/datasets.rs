@@ -8,7 +8,8 @@ use crate::common::{assert_error, sentiment_jsonl, TestServer};
 async fn uploads_count_labels_and_list_newest_first() {
     let mut server = TestServer::start(&["--workers", "0"]).await;
     let mut lines = sentiment_jsonl(10, 1);
-    lines.push_str("{\"text\": \"no label here\"}\n\n{\"text\": \"null label\", \"label\": null}\n");
+    lines
+        .push_str("{\"text\": \"no label here\"}\n\n{\"text\": \"null label\", \"label\": null}\n");
     let (status, first) = server.upload("mixed", lines).await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["rows"], 12);
@@ -40,7 +41,8 @@ async fn uploads_count_labels_and_list_newest_first() {
     assert_eq!(status, 200);
     assert_eq!(shown["sample"][0]["text"], "good, really");
 
-    let delete = server.client.delete(server.url(&format!("/v1/datasets/{id}"))).send().await.unwrap();
+    let delete =
+        server.client.delete(server.url(&format!("/v1/datasets/{id}"))).send().await.unwrap();
     assert_eq!(delete.status(), 204);
     assert_error(&server.get(&format!("/v1/datasets/{id}")).await, 404, "dataset_not_found");
     server.stop().await;
@@ -48,7 +50,9 @@ async fn uploads_count_labels_and_list_newest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_name_the_line_and_respect_the_limits() {
-    let mut server = TestServer::start(&["--workers", "0", "--max-rows", "5", "--max-upload-bytes", "2000"]).await;
+    let mut server =
+        TestServer::start(&["--workers", "0", "--max-rows", "5", "--max-upload-bytes", "2000"])
+            .await;
     let bad = "{\"text\": \"fine\", \"label\": \"a\"}\n{\"txt\": \"oops\"}\n";
     let got = server.upload("bad", bad.into()).await;
     assert_error(&got, 422, "invalid_dataset");
@@ -69,7 +73,14 @@ async fn bad_uploads_name_the_line_and_respect_the_limits() {
         .await
         .unwrap();
     assert_error(&crate::common::status_and_json(response).await, 415, "unsupported_media_type");
-    let response = server.client.post(server.url("/v1/datasets")).header("content-type", "text/csv").body("text\na\n").send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/datasets"))
+        .header("content-type", "text/csv")
+        .body("text\na\n")
+        .send()
+        .await
+        .unwrap();
     assert_error(&crate::common::status_and_json(response).await, 400, "malformed_request");
     server.stop().await;
 }

@@ -9,7 +9,8 @@ use crate::common::TestServer;
 
 /// (METHOD, path) pairs of the `paths` section of the OpenAPI file.
 fn documented() -> BTreeSet<(String, String)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
     let mut in_paths = false;
     let mut path = String::new();
     let mut found = BTreeSet::new();
@@ -50,10 +51,20 @@ async fn every_documented_route_is_served() {
     for (method, path) in documented() {
         let url = server.url(&path.replace("{id}", "x_unknown").replace("{file}", "student"));
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let response = server.client.request(method.clone(), &url).header("content-type", "application/json").body("{}").send().await.unwrap();
+        let response = server
+            .client
+            .request(method.clone(), &url)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         let body = response.text().await.unwrap();
-        assert!(!body.contains("route_not_found") && status != 405, "{method} {path}: {status} {body}");
+        assert!(
+            !body.contains("route_not_found") && status != 405,
+            "{method} {path}: {status} {body}"
+        );
     }
     server.stop().await;
 }

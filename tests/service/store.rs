@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use distillery::domain::{
-    now_millis, DatasetId, DatasetRecord, JobId, JobProgress, JobRecord, JobStatus, ModelId, WorkerId,
+    now_millis, DatasetId, DatasetRecord, JobId, JobProgress, JobRecord, JobStatus, ModelId,
+    WorkerId,
 };
 use distillery::ml::config::JobConfig;
 use distillery::store::{Backend, CancelOutcome, DeleteOutcome, JobOutcome, LeaseState, Store};
@@ -43,7 +44,10 @@ async fn cleanup(store: Store, guard: Cleanup) {
     if let Cleanup::Postgres { admin_url, name } = guard {
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
 }
 
@@ -103,13 +107,18 @@ async fn concurrent_claims_take_each_job_once_oldest_first() {
                 store.claim_job(&worker, now_millis(), now_millis() + 60_000).await.unwrap()
             })
         });
-        let claimed: Vec<_> = futures::future::join_all(claims).await.into_iter().filter_map(|r| r.unwrap()).collect();
+        let claimed: Vec<_> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .filter_map(|r| r.unwrap())
+            .collect();
         let mut ids: Vec<_> = claimed.iter().map(|j| j.id.clone()).collect();
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 6, "{:?}: every job claimed exactly once", store.backend());
         assert!(claimed.iter().all(|j| j.status == JobStatus::Running && j.attempts == 1));
-        let none = store.claim_job(&WorkerId::generate(), now_millis(), now_millis() + 1).await.unwrap();
+        let none =
+            store.claim_job(&WorkerId::generate(), now_millis(), now_millis() + 1).await.unwrap();
         assert!(none.is_none());
         cleanup(store, guard).await;
     }
@@ -137,22 +146,43 @@ async fn leases_guard_every_write_and_expired_ones_requeue() {
         assert_eq!(again.attempts, 2);
 
         // The first worker can no longer write anything.
-        assert_eq!(store.renew_lease(&record.id, &first, now + 2_000).await.unwrap(), LeaseState::Lost);
+        assert_eq!(
+            store.renew_lease(&record.id, &first, now + 2_000).await.unwrap(),
+            LeaseState::Lost
+        );
         let progress = JobProgress { fraction: 0.5, ..JobProgress::default() };
-        assert!(!store.save_progress(&record.id, &first, &progress, &Vec::new(), now).await.unwrap());
-        assert!(!store.finish_job(&record.id, &first, &JobOutcome::Failed("x".into()), now).await.unwrap());
-        assert!(store.save_progress(&record.id, &second, &progress, &Vec::new(), now).await.unwrap());
+        assert!(!store
+            .save_progress(&record.id, &first, &progress, &Vec::new(), now)
+            .await
+            .unwrap());
+        assert!(!store
+            .finish_job(&record.id, &first, &JobOutcome::Failed("x".into()), now)
+            .await
+            .unwrap());
+        assert!(store
+            .save_progress(&record.id, &second, &progress, &Vec::new(), now)
+            .await
+            .unwrap());
         assert_eq!(store.job(&record.id).await.unwrap().unwrap().progress.fraction, 0.5);
 
         // Cancel reaches the worker through its lease; then the job ends canceled.
-        assert!(matches!(store.request_cancel(&record.id, now).await.unwrap(), CancelOutcome::Requested(_)));
+        assert!(matches!(
+            store.request_cancel(&record.id, now).await.unwrap(),
+            CancelOutcome::Requested(_)
+        ));
         let flagged = store.renew_lease(&record.id, &second, now + 60_000).await.unwrap();
         assert_eq!(flagged, LeaseState::Held { cancel_requested: true });
         assert!(store.finish_job(&record.id, &second, &JobOutcome::Canceled, now).await.unwrap());
         let ended = store.job(&record.id).await.unwrap().unwrap();
         assert_eq!((ended.status, ended.lease_owner), (JobStatus::Canceled, None));
-        assert!(matches!(store.request_cancel(&record.id, now).await.unwrap(), CancelOutcome::Finished(JobStatus::Canceled)));
-        assert!(matches!(store.request_cancel(&JobId::generate(), now).await.unwrap(), CancelOutcome::NotFound));
+        assert!(matches!(
+            store.request_cancel(&record.id, now).await.unwrap(),
+            CancelOutcome::Finished(JobStatus::Canceled)
+        ));
+        assert!(matches!(
+            store.request_cancel(&JobId::generate(), now).await.unwrap(),
+            CancelOutcome::NotFound
+        ));
         cleanup(store, guard).await;
     }
 }
@@ -166,7 +196,10 @@ async fn deletes_wait_for_active_jobs_and_listing_filters() {
         store.insert_job(&queued).await.unwrap();
         assert_eq!(store.delete_dataset(&data.id).await.unwrap(), DeleteOutcome::InUse);
 
-        assert!(matches!(store.request_cancel(&queued.id, now_millis()).await.unwrap(), CancelOutcome::Canceled(_)));
+        assert!(matches!(
+            store.request_cancel(&queued.id, now_millis()).await.unwrap(),
+            CancelOutcome::Canceled(_)
+        ));
         let canceled = store.list_jobs(Some(JobStatus::Canceled), 10, 0).await.unwrap();
         assert_eq!(canceled.len(), 1);
         assert!(store.list_jobs(Some(JobStatus::Queued), 10, 0).await.unwrap().is_empty());
@@ -177,7 +210,10 @@ async fn deletes_wait_for_active_jobs_and_listing_filters() {
         assert_eq!(store.delete_dataset(&data.id).await.unwrap(), DeleteOutcome::NotFound);
         assert!(store.default_model().await.unwrap().is_none());
         assert!(!store.promote_model(&ModelId::generate(), now_millis()).await.unwrap());
-        assert_eq!(store.delete_model(&ModelId::generate()).await.unwrap(), DeleteOutcome::NotFound);
+        assert_eq!(
+            store.delete_model(&ModelId::generate()).await.unwrap(),
+            DeleteOutcome::NotFound
+        );
         store.ping().await.unwrap();
         cleanup(store, guard).await;
     }

@@ -11,7 +11,8 @@ const LONG: Duration = Duration::from_secs(180);
 
 /// Reads a Server-Sent Events stream to its end; returns (event, data) pairs.
 async fn read_events(server: &TestServer, job: &str) -> Vec<(String, serde_json::Value)> {
-    let response = server.client.get(server.url(&format!("/v1/jobs/{job}/events"))).send().await.unwrap();
+    let response =
+        server.client.get(server.url(&format!("/v1/jobs/{job}/events"))).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut stream = response.bytes_stream();
@@ -49,7 +50,13 @@ async fn a_job_trains_streams_its_events_and_serves_right_predictions() {
     let mut server = TestServer::start(&[]).await;
     let dataset = server.upload_sentiment(400).await;
 
-    let response = server.client.post(server.url("/v1/jobs")).json(&quick_job(&dataset, 3)).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/v1/jobs"))
+        .json(&quick_job(&dataset, 3))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_string();
     let job: serde_json::Value = response.json().await.unwrap();
@@ -79,11 +86,17 @@ async fn a_job_trains_streams_its_events_and_serves_right_predictions() {
     let (status, body) = server.post("/predict", &json!({"texts": texts})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"], model.as_str());
-    let labels: Vec<&str> = body["predictions"].as_array().unwrap().iter().map(|p| p["label"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = body["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels, ["pos", "neg", "pos", "neg"], "{body}");
     let first = &body["predictions"][0];
     assert_eq!(first["scores"].as_array().unwrap().len(), 2);
-    let total: f64 = first["scores"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap()).sum();
+    let total: f64 =
+        first["scores"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-3);
 
     // The teacher answers too, and top_k trims the scores.
@@ -103,9 +116,17 @@ async fn model_routes(server: &TestServer, model: &str, dataset: &str) {
     assert_eq!(status, 200);
     assert_eq!(view["labels"], json!(["neg", "pos"]));
     assert!(view["student"]["metrics"]["accuracy"].as_f64().is_some(), "{view}");
-    let weights = server.client.get(server.url(&format!("/v1/models/{model}/files/student"))).send().await.unwrap();
+    let weights = server
+        .client
+        .get(server.url(&format!("/v1/models/{model}/files/student")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(weights.status(), 200);
-    assert_eq!(weights.bytes().await.unwrap().len() as i64, view["student_bytes"].as_i64().unwrap());
+    assert_eq!(
+        weights.bytes().await.unwrap().len() as i64,
+        view["student_bytes"].as_i64().unwrap()
+    );
     let (status, manifest) = server.get(&format!("/v1/models/{model}/files/manifest")).await;
     assert_eq!(status, 200);
     assert_eq!(manifest["labels"], json!(["neg", "pos"]));
@@ -126,11 +147,20 @@ async fn model_routes(server: &TestServer, model: &str, dataset: &str) {
     let (_, answer) = server.post("/predict", &json!({"text": "good"})).await;
     assert_eq!(answer["model"], model);
 
-    let response = server.client.delete(server.url(&format!("/v1/models/{second_model}"))).send().await.unwrap();
+    let response = server
+        .client
+        .delete(server.url(&format!("/v1/models/{second_model}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 204);
     assert_error(&server.get(&format!("/v1/models/{second_model}")).await, 404, "model_not_found");
     let body = json!({"text": "good"});
-    assert_error(&server.post(&format!("/v1/models/{second_model}/predict"), &body).await, 404, "model_not_found");
+    assert_error(
+        &server.post(&format!("/v1/models/{second_model}/predict"), &body).await,
+        404,
+        "model_not_found",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +180,11 @@ async fn cancel_stops_a_running_job_and_keeps_its_checkpoint() {
     assert!(job["model_id"].is_null());
     assert!(crate::common::has_files(&server.data_dir.join("storage/checkpoints").join(id)));
 
-    assert_error(&server.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await, 409, "job_finished");
+    assert_error(
+        &server.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await,
+        409,
+        "job_finished",
+    );
     server.stop().await;
 }
 
@@ -161,11 +195,13 @@ async fn a_queued_job_is_canceled_at_once_and_unblocks_its_dataset() {
     let (_, job) = server.post("/v1/jobs", &quick_job(&dataset, 1)).await;
     let id = job["id"].as_str().unwrap();
 
-    let delete = server.client.delete(server.url(&format!("/v1/datasets/{dataset}"))).send().await.unwrap();
+    let delete =
+        server.client.delete(server.url(&format!("/v1/datasets/{dataset}"))).send().await.unwrap();
     assert_eq!(delete.status(), 409);
     let (status, body) = server.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("canceled")), "{body}");
-    let delete = server.client.delete(server.url(&format!("/v1/datasets/{dataset}"))).send().await.unwrap();
+    let delete =
+        server.client.delete(server.url(&format!("/v1/datasets/{dataset}"))).send().await.unwrap();
     assert_eq!(delete.status(), 204);
     server.stop().await;
 }
