@@ -153,9 +153,6 @@ pub enum JobError {
         #[source]
         source: std::io::Error,
     },
-    /// The trained model's manifest cannot be read.
-    #[error("the trained model's manifest is unreadable")]
-    Manifest(#[source] serde_json::Error),
     /// The training thread cannot be started.
     #[error("cannot start the training thread")]
     Spawn(#[source] std::io::Error),

@@ -31,9 +31,12 @@ pub struct BatchSettings {
     pub queue_capacity: usize,
 }
 
+/// Probabilities of a request's texts, or why the model failed.
+type Reply = Result<Vec<Vec<f32>>, String>;
+
 struct Request {
     texts: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// The sending side of a batcher thread; the thread ends when every handle is gone.
@@ -175,7 +178,7 @@ fn run_batch(predictor: &Predictor, batch: Vec<Request>) {
 mod tests {
     use super::*;
 
-    fn request(n: usize) -> (Request, oneshot::Receiver<Result<Vec<Vec<f32>>, String>>) {
+    fn request(n: usize) -> (Request, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
         (Request { texts: vec!["x".to_string(); n], reply }, rx)
     }
