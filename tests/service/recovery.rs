@@ -8,9 +8,21 @@ use std::time::Duration;
 
 use crate::common::{slow_job, wait_until, TestServer};
 
-/// The real binary, serving on a free port; returns the child and its base URL.
-fn spawn_server(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
+/// A server process that is killed if the test fails before it ends.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The real binary, serving on a free port; returns the process and its base URL.
+fn spawn_server(data_dir: &Path) -> (ServerProcess, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_distillery"))
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--log", "info"])
         .args(["--lease-secs", "2", "--heartbeat-ms", "200", "--poll-ms", "100"])
         .arg("--data-dir")
@@ -20,7 +32,8 @@ fn spawn_server(data_dir: &Path) -> (Child, String) {
         .stdout(Stdio::null())
         .spawn()
         .expect("the binary starts");
-    let stderr = child.stderr.take().expect("piped stderr");
+    let mut process = ServerProcess(child);
+    let stderr = process.0.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -31,7 +44,7 @@ fn spawn_server(data_dir: &Path) -> (Child, String) {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the server reports its address");
-    (child, format!("http://{addr}"))
+    (process, format!("http://{addr}"))
 }
 
 fn client_for(base: &str, data_dir: &Path) -> TestServer {
@@ -56,8 +69,8 @@ async fn a_killed_server_resumes_its_job_after_restart() {
     server.wait_for(&id, &["running"], Duration::from_secs(120)).await;
     server.wait_for_checkpoint(&id, Duration::from_secs(180)).await;
 
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().expect("reaped");
 
     let (mut child, base) = spawn_server(tmp.path());
     let server = client_for(&base, tmp.path());
@@ -76,11 +89,11 @@ async fn a_killed_server_resumes_its_job_after_restart() {
     assert!(healthy.await.is_some());
 
     // SIGTERM: a clean, quick exit.
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     let term = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
     assert!(term.success());
     let exited = wait_until(Duration::from_secs(15), || {
-        let status = child.try_wait().ok().flatten();
+        let status = child.0.try_wait().ok().flatten();
         async move { status }
     });
     let status = exited.await.expect("exits within seconds of SIGTERM");
