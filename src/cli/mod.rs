@@ -1,9 +1,12 @@
-//! Command-line front end: `train`, `predict`, `eval` (and the service commands).
+//! Command-line front end: `train`, `predict`, `eval`, and the service commands `serve`
+//! (API and training workers) and `worker` (training workers with health and metrics).
 
 mod bench;
 mod eval;
 mod predict;
 mod progress_bar;
+pub mod serve;
+pub mod telemetry;
 mod train;
 
 use std::process::ExitCode;
@@ -26,6 +29,10 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Evaluate a trained model on a labelled file.
     Eval(eval::EvalArgs),
+    /// Run the HTTP API and, unless `--workers 0`, training workers.
+    Serve(serve::ServeArgs),
+    /// Run training workers only, with `/health`, `/ready` and `/metrics` on `--listen`.
+    Worker(serve::WorkerArgs),
     /// Run the fixed training and inference micro-benchmark; print one JSON line.
     Bench(bench::BenchArgs),
 }
@@ -37,6 +44,8 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run_serve(args),
+        Command::Worker(args) => serve::run_worker(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
