@@ -3,6 +3,7 @@
 //! Candle only: nothing here knows about SQL or HTTP. The service drives it through
 //! [`pipeline::run`] (train a job) and [`predictor::Predictor`] (serve a model).
 
+pub mod augment;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -12,3 +13,4 @@ pub mod pipeline;
 pub mod predictor;
 pub mod progress;
 pub mod tokenizer;
+pub mod transformer;
