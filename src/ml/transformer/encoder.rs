@@ -53,6 +53,33 @@ pub struct EncoderOptions {
     pub weights: Option<PathBuf>,
 }
 
+/// Hooks into a long embedding pass.
+#[derive(Clone, Copy)]
+pub struct EmbedHooks<'a> {
+    /// Called after each batch with `(texts_done, texts_total)`.
+    pub progress: &'a dyn Fn(usize, usize),
+    /// Checked before each batch; `true` ends the pass with [`TransformerError::Canceled`].
+    pub should_stop: &'a dyn Fn() -> bool,
+}
+
+impl Default for EmbedHooks<'_> {
+    fn default() -> Self {
+        Self { progress: &ignore_progress, should_stop: &never_stop }
+    }
+}
+
+impl std::fmt::Debug for EmbedHooks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmbedHooks")
+    }
+}
+
+fn ignore_progress(_: usize, _: usize) {}
+
+fn never_stop() -> bool {
+    false
+}
+
 /// The subset of `sentence_bert_config.json` read here.
 #[derive(Debug, Deserialize)]
 struct SentenceConfig {
@@ -221,23 +248,23 @@ impl PretrainedEncoder {
     /// # Errors
     /// A tokenizer or Candle error.
     pub fn embed(&self, texts: &[&str], batch_size: usize) -> Result<Tensor> {
-        self.embed_with_progress(texts, batch_size, &|_, _| {})
+        self.embed_with_hooks(texts, batch_size, &EmbedHooks::default())
     }
 
-    /// As [`Self::embed`], calling `progress(done, total)` after each batch and logging the
-    /// throughput at the end.
+    /// As [`Self::embed`], reporting progress and checking for a stop between batches, and
+    /// logging the throughput at the end.
     ///
     /// # Errors
-    /// A tokenizer or Candle error.
-    pub fn embed_with_progress(
+    /// A tokenizer or Candle error, or [`TransformerError::Canceled`] when stopped.
+    pub fn embed_with_hooks(
         &self,
         texts: &[&str],
         batch_size: usize,
-        progress: &dyn Fn(usize, usize),
+        hooks: &EmbedHooks<'_>,
     ) -> Result<Tensor> {
         let start = Instant::now();
         let seqs = self.tokenize(texts)?;
-        let embeddings = self.embed_tokens(&seqs, batch_size, progress)?;
+        let embeddings = self.embed_tokens(&seqs, batch_size, hooks)?;
 
         let seconds = start.elapsed().as_secs_f64();
         tracing::info!(
@@ -254,12 +281,12 @@ impl PretrainedEncoder {
     /// batches of `batch_size` texts of similar length.
     ///
     /// # Errors
-    /// A Candle error from the forward pass.
+    /// A Candle error from the forward pass, or [`TransformerError::Canceled`] when stopped.
     pub fn embed_tokens(
         &self,
         seqs: &[Vec<u32>],
         batch_size: usize,
-        progress: &dyn Fn(usize, usize),
+        hooks: &EmbedHooks<'_>,
     ) -> Result<Tensor> {
         if seqs.is_empty() {
             return Ok(Tensor::zeros((0, self.hidden_size()), DType::F32, &self.device)?);
@@ -272,10 +299,13 @@ impl PretrainedEncoder {
         let mut parts = Vec::with_capacity(order.len().div_ceil(batch_size.max(1)));
         let mut done = 0;
         for chunk in order.chunks(batch_size.max(1)) {
+            if (hooks.should_stop)() {
+                return Err(TransformerError::Canceled);
+            }
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
             parts.push(self.forward_pooled(&batch)?.detach());
             done += chunk.len();
-            progress(done, seqs.len());
+            (hooks.progress)(done, seqs.len());
         }
 
         let sorted = Tensor::cat(&parts, 0)?;

@@ -20,7 +20,7 @@ pub mod tiny;
 
 use std::path::PathBuf;
 
-pub use encoder::{EncoderOptions, PretrainedEncoder};
+pub use encoder::{EmbedHooks, EncoderOptions, PretrainedEncoder};
 pub use registry::{list_pretrained, resolve_pretrained, PretrainedInfo};
 pub use teacher::{
     EpochReport, TeacherData, TeacherMode, TrainCallbacks, TrainReport, TransformerTeacher,

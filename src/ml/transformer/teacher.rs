@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::encoder::{EncoderOptions, PretrainedEncoder};
+use super::encoder::{EmbedHooks, EncoderOptions, PretrainedEncoder};
 use super::head::LinearHead;
 use super::registry::{read_json, resolve_pretrained};
 use super::{Result, TransformerError};
@@ -241,20 +241,20 @@ impl TransformerTeacher {
     /// # Errors
     /// A tokenizer or Candle error.
     pub fn logits(&self, texts: &[&str], batch_size: usize) -> Result<Tensor> {
-        self.logits_with_progress(texts, batch_size, &ignore_embed)
+        self.logits_with_hooks(texts, batch_size, &EmbedHooks::default())
     }
 
-    /// As [`Self::logits`], calling `progress(done, total)` after each batch.
+    /// As [`Self::logits`], reporting progress and checking for a stop between batches.
     ///
     /// # Errors
-    /// A tokenizer or Candle error.
-    pub fn logits_with_progress(
+    /// A tokenizer or Candle error, or [`TransformerError::Canceled`] when stopped.
+    pub fn logits_with_hooks(
         &self,
         texts: &[&str],
         batch_size: usize,
-        progress: &dyn Fn(usize, usize),
+        hooks: &EmbedHooks<'_>,
     ) -> Result<Tensor> {
-        let pooled = self.encoder.embed_with_progress(texts, batch_size, progress)?;
+        let pooled = self.encoder.embed_with_hooks(texts, batch_size, hooks)?;
         Ok(self.head.forward(&pooled)?.detach())
     }
 
@@ -324,11 +324,9 @@ impl TransformerTeacher {
         // 1. One pass over all texts, so that sorting by length spans both sets.
         let start = Instant::now();
         let all: Vec<&str> = data.train_texts.iter().chain(data.valid_texts).copied().collect();
-        let pooled = self.encoder.embed_with_progress(
-            &all,
-            config.embed_batch_size,
-            callbacks.embed_progress,
-        )?;
+        let hooks =
+            EmbedHooks { progress: callbacks.embed_progress, should_stop: callbacks.should_stop };
+        let pooled = self.encoder.embed_with_hooks(&all, config.embed_batch_size, &hooks)?;
         let embed_seconds = start.elapsed().as_secs_f64();
         let n_train = data.train_texts.len();
         let train_x = pooled.narrow(0, 0, n_train)?;
@@ -374,6 +372,7 @@ impl TransformerTeacher {
             valid_ids: self.encoder.tokenize(data.valid_texts)?,
             valid_labels: data.valid_labels,
             embed_batch_size: config.embed_batch_size,
+            hooks: EmbedHooks { should_stop: callbacks.should_stop, ..EmbedHooks::default() },
         };
         run_epochs(&mut trainee, data.train_texts.len(), config, callbacks)
     }
@@ -436,6 +435,7 @@ struct FineTuneTrainee<'a> {
     valid_ids: Vec<Vec<u32>>,
     valid_labels: &'a [u32],
     embed_batch_size: usize,
+    hooks: EmbedHooks<'a>,
 }
 
 impl Trainee for FineTuneTrainee<'_> {
@@ -454,7 +454,7 @@ impl Trainee for FineTuneTrainee<'_> {
 
     fn valid_accuracy(&self) -> Result<Option<f64>> {
         let pooled =
-            self.encoder.embed_tokens(&self.valid_ids, self.embed_batch_size, &ignore_embed)?;
+            self.encoder.embed_tokens(&self.valid_ids, self.embed_batch_size, &self.hooks)?;
         accuracy(&self.head.forward(&pooled)?, self.valid_labels)
     }
 
