@@ -17,6 +17,7 @@ pub mod head;
 pub mod registry;
 pub mod teacher;
 pub mod tiny;
+mod training;
 
 use std::path::PathBuf;
 
