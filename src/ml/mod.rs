@@ -3,6 +3,7 @@
 //! Candle only: nothing here knows about SQL or HTTP. The service drives it through
 //! [`pipeline::run`] (train a job) and [`predictor::Predictor`] (serve a model).
 
+pub mod augment;
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
@@ -21,3 +22,4 @@ pub mod progress;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;
+pub mod transformer;
