@@ -330,3 +330,37 @@ fn trainable_bert_matches_candle_transformers_and_has_gradients() {
     assert!(vars.iter().all(|v| grads.get(v.as_tensor()).is_some()), "a weight has no gradient");
     assert!(frozen.vars().is_empty());
 }
+
+#[test]
+#[ignore = "fine-tuning speed on the real model; run with --release -- --ignored"]
+fn minilm_fine_tune_speed() {
+    let Some(dir) = minilm_dir("minilm_fine_tune_speed") else {
+        return;
+    };
+    let (texts, labels) = topic_texts(64, 4);
+    let texts: Vec<String> = texts.iter().map(|t| format!("{t} {t}")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let data = TeacherData {
+        train_texts: &texts,
+        train_labels: &labels,
+        valid_texts: &texts[..16],
+        valid_labels: &labels[..16],
+        num_labels: 2,
+    };
+    let config = TransformerTrainConfig {
+        mode: TeacherMode::FineTune,
+        epochs: 1,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let (_, report) =
+        TransformerTeacher::train(&dir, &data, &config, &Device::Cpu, &Default::default()).unwrap();
+    let epoch = &report.epochs[0];
+    println!(
+        "fine-tune: 64 texts of ~20 words in {:.1}s ({:.1} texts/s incl. validation of 16), \
+         loss {:.3}",
+        epoch.seconds,
+        64.0 / epoch.seconds,
+        epoch.train_loss
+    );
+}
