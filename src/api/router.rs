@@ -6,7 +6,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{on, MethodFilter};
 use axum::Router;
 
-use crate::api::handlers::{datasets, jobs, models, ops, predict};
+use crate::api::handlers::{datasets, jobs, models, ops, predict, pretrained};
 use crate::api::{middleware, ApiError, AppState};
 
 macro_rules! route_table {
@@ -40,6 +40,7 @@ route_table! {
     POST   "/v1/models/{id}/promote"       => models::promote,
     POST   "/v1/models/{id}/predict"       => predict::with_model,
     POST   "/predict"                      => predict::with_default,
+    GET    "/v1/pretrained"                => pretrained::list,
 }
 
 /// Routes of a process without the public API (`distillery worker`).

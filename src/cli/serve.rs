@@ -121,6 +121,10 @@ pub struct TrainingArgs {
     /// Seconds that shutdown waits for running jobs to checkpoint and hand back.
     #[arg(long, env = "DISTILLERY_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Folder of pretrained transformer folders (each with config.json, model.safetensors
+    /// and tokenizer.json) that jobs may name as `teacher.pretrained`.
+    #[arg(long, env = "DISTILLERY_PRETRAINED_DIR")]
+    pub pretrained_dir: Option<PathBuf>,
 }
 
 /// Limits on requests.
@@ -437,6 +441,7 @@ fn job_context(
         progress_interval: Duration::from_secs(1),
         work_dir: args.store.data_dir.join("work"),
         read_limits: ReadLimits { max_rows: usize::MAX, max_text_bytes: usize::MAX },
+        pretrained_dir: training.pretrained_dir.clone(),
     };
     JobContext {
         store,

@@ -28,6 +28,9 @@ pub struct TrainArgs {
     /// Folder of an earlier model whose teacher is reused instead of training one.
     #[arg(long)]
     teacher_model: Option<PathBuf>,
+    /// Folder of pretrained transformer folders, for `teacher.kind: transformer`.
+    #[arg(long, env = "DISTILLERY_PRETRAINED_DIR")]
+    pretrained_dir: Option<PathBuf>,
     /// Folder to write the model to.
     #[arg(long)]
     out: PathBuf,
@@ -65,7 +68,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         None => None,
     };
     let work_dir = args.work_dir.clone().unwrap_or_else(|| args.out.join("checkpoints"));
-    let inputs = JobInputs { train, valid, teacher_model: args.teacher_model.clone() };
+    let inputs = JobInputs {
+        teacher_model: args.teacher_model.clone(),
+        pretrained_dir: args.pretrained_dir.clone(),
+        ..JobInputs::new(train, valid)
+    };
 
     let bar = ProgressBar::new(!args.json);
     let manifest = run_job(&config, inputs, &work_dir, &args.out, &bar, &CancelToken::new())?;

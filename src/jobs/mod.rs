@@ -46,6 +46,8 @@ pub struct WorkerSettings {
     pub work_dir: PathBuf,
     /// Limits used when reading stored datasets back.
     pub read_limits: ReadLimits,
+    /// Folder of pretrained transformer folders, for transformer teachers.
+    pub pretrained_dir: Option<PathBuf>,
 }
 
 /// Storage key of a dataset's rows (normalised to JSON lines).

@@ -37,6 +37,7 @@ struct JobDirs {
     work: PathBuf,
     out: PathBuf,
     teacher: PathBuf,
+    transfer: PathBuf,
     staging: PathBuf,
 }
 
@@ -47,6 +48,7 @@ impl JobDirs {
             work: root.join("work"),
             out: root.join("out"),
             teacher: root.join("teacher"),
+            transfer: root.join("transfer"),
             staging: root.join("staging"),
             root,
         }
@@ -162,7 +164,31 @@ async fn load_inputs(
         }
         None => None,
     };
-    Ok(JobInputs { train, valid, teacher_model })
+    let transfer_model = match &job.config.teacher.job_id {
+        Some(id) => Some(download_job_model(ctx, id, &dirs.transfer).await?),
+        None => None,
+    };
+    Ok(JobInputs {
+        train,
+        valid,
+        teacher_model,
+        transfer_model,
+        pretrained_dir: ctx.settings.pretrained_dir.clone(),
+    })
+}
+
+/// Downloads the model of the earlier job `id`, whose transfer set a new student reuses.
+async fn download_job_model(ctx: &JobContext, id: &str, dir: &Path) -> Result<PathBuf, JobError> {
+    let job_id = crate::domain::JobId::from_string(id.to_string());
+    let model_id = match ctx.store.job(&job_id).await? {
+        Some(JobRecord { model_id: Some(model_id), .. }) => model_id,
+        _ => return Err(JobError::Missing(format!("model of job {id}"))),
+    };
+    let files = ctx.storage.download_prefix(&model_prefix(&model_id), dir).await?;
+    if files == 0 {
+        return Err(JobError::Missing(format!("model {model_id}")));
+    }
+    Ok(dir.to_path_buf())
 }
 
 async fn load_dataset(ctx: &JobContext, id: &DatasetId) -> Result<Vec<Example>, JobError> {

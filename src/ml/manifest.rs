@@ -14,6 +14,8 @@ use crate::ml::tokenizer::Tokenizer;
 pub const FORMAT_VERSION: u32 = 1;
 /// File name of the manifest inside a model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Sub-folder holding a transformer teacher's head (and fine-tuned encoder).
+pub const TRANSFORMER_DIR: &str = "transformer";
 
 /// Which network of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,6 +62,21 @@ pub struct NetworkEntry {
     pub train_seconds: f64,
 }
 
+/// A pretrained transformer teacher: which one, and how it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransformerEntry {
+    /// Name of the pretrained folder.
+    pub pretrained: String,
+    /// Whether the encoder was fine-tuned (else frozen, only the head trained).
+    pub fine_tuned: bool,
+    /// Metrics on the validation rows.
+    pub metrics: Option<Metrics>,
+    /// The kept epoch of the head.
+    pub best_epoch: usize,
+    /// Seconds spent loading, embedding and training.
+    pub train_seconds: f64,
+}
+
 /// Everything about a finished model except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -71,6 +88,9 @@ pub struct Manifest {
     pub tokenizer: Tokenizer,
     /// The teacher, when the model holds a recurrent one.
     pub teacher: Option<NetworkEntry>,
+    /// The teacher, when it was a pretrained transformer (its head is in `transformer/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer_teacher: Option<TransformerEntry>,
     /// The student.
     pub student: NetworkEntry,
     /// The job's configuration.

@@ -20,6 +20,8 @@ pub mod pipeline;
 pub mod predictor;
 pub mod progress;
 pub mod rng;
+pub mod teacher;
 pub mod tokenizer;
 pub mod train;
+pub mod transfer;
 pub mod transformer;

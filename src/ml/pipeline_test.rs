@@ -70,8 +70,7 @@ fn every_cell_learns_an_order_task() {
         let mut config = quick_config(small(cell, false), small(cell, false), 8);
         config.teacher.kind = TeacherKind::None;
         let tmp = tempfile::tempdir().unwrap();
-        let inputs =
-            JobInputs { train: train.clone(), valid: Some(valid.clone()), teacher_model: None };
+        let inputs = JobInputs::new(train.clone(), Some(valid.clone()));
         let manifest = run(
             &config,
             inputs,
@@ -90,7 +89,7 @@ fn every_cell_learns_an_order_task() {
 fn distilled_model_saves_loads_and_predicts_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let config = quick_config(small(CellKind::Lstm, true), small(CellKind::Gru, false), 3);
-    let inputs = JobInputs { train: order_task(600, 3), valid: None, teacher_model: None };
+    let inputs = JobInputs::new(order_task(600, 3), None);
     let manifest = run(
         &config,
         inputs,
@@ -121,7 +120,7 @@ fn distilled_model_saves_loads_and_predicts_the_same() {
 fn interrupted_run_resumes_to_the_same_result() {
     let config = quick_config(small(CellKind::Gru, true), small(CellKind::Gru, false), 3);
     let data = order_task(500, 5);
-    let inputs = || JobInputs { train: data.clone(), valid: None, teacher_model: None };
+    let inputs = || JobInputs::new(data.clone(), None);
     let tmp = tempfile::tempdir().unwrap();
     let straight = run(
         &config,
@@ -174,7 +173,7 @@ fn same_seed_same_metrics_and_progress_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let a = run(
         &config,
-        JobInputs { train: data.clone(), valid: None, teacher_model: None },
+        JobInputs::new(data.clone(), None),
         &tmp.path().join("w1"),
         &tmp.path().join("m1"),
         &record,
@@ -183,7 +182,7 @@ fn same_seed_same_metrics_and_progress_is_reported() {
     .unwrap();
     let b = run(
         &config,
-        JobInputs { train: data, valid: None, teacher_model: None },
+        JobInputs::new(data, None),
         &tmp.path().join("w2"),
         &tmp.path().join("m2"),
         &NoObserver,
@@ -211,7 +210,7 @@ fn bad_inputs_are_rejected_clearly() {
     let one_label = vec![Example { text: "a b".into(), label: Some("x".into()) }; 10];
     let err = run(
         &JobConfig::default(),
-        JobInputs { train: one_label, valid: None, teacher_model: None },
+        JobInputs::new(one_label, None),
         tmp.path(),
         tmp.path(),
         &NoObserver,
@@ -224,7 +223,7 @@ fn bad_inputs_are_rejected_clearly() {
     config.distillation.alpha = 2.0;
     let err = run(
         &config,
-        JobInputs { train: order_task(10, 1), valid: None, teacher_model: None },
+        JobInputs::new(order_task(10, 1), None),
         tmp.path(),
         tmp.path(),
         &NoObserver,
@@ -236,7 +235,7 @@ fn bad_inputs_are_rejected_clearly() {
     let valid = vec![Example { text: "a".into(), label: Some("unknown".into()) }];
     let err = run(
         &JobConfig::default(),
-        JobInputs { train: order_task(10, 1), valid: Some(valid), teacher_model: None },
+        JobInputs::new(order_task(10, 1), Some(valid)),
         tmp.path(),
         tmp.path(),
         &NoObserver,
@@ -255,7 +254,7 @@ fn a_nan_loss_stops_the_run_naming_phase_and_step() {
     let tmp = tempfile::tempdir().unwrap();
     let err = run(
         &config,
-        JobInputs { train: order_task(400, 7), valid: None, teacher_model: None },
+        JobInputs::new(order_task(400, 7), None),
         tmp.path(),
         &tmp.path().join("m"),
         &NoObserver,
@@ -274,7 +273,7 @@ fn unlabelled_rows_feed_only_distillation_and_teachers_can_be_reused() {
     let config = quick_config(small(CellKind::Gru, false), small(CellKind::Gru, false), 2);
     let first = run(
         &config,
-        JobInputs { train: order_task(400, 8), valid: None, teacher_model: None },
+        JobInputs::new(order_task(400, 8), None),
         &tmp.path().join("w1"),
         &tmp.path().join("m1"),
         &NoObserver,
@@ -288,7 +287,8 @@ fn unlabelled_rows_feed_only_distillation_and_teachers_can_be_reused() {
     }
     let mut config = config.clone();
     config.teacher.model_id = Some("m1".into());
-    let inputs = JobInputs { train: rows, valid: None, teacher_model: Some(tmp.path().join("m1")) };
+    let inputs =
+        JobInputs { teacher_model: Some(tmp.path().join("m1")), ..JobInputs::new(rows, None) };
     let second = run(
         &config,
         inputs,
@@ -303,4 +303,75 @@ fn unlabelled_rows_feed_only_distillation_and_teachers_can_be_reused() {
     let t1 = std::fs::read(tmp.path().join("m1/teacher.safetensors")).unwrap();
     let t2 = std::fs::read(tmp.path().join("m2/teacher.safetensors")).unwrap();
     assert!(t1 == t2, "the frozen teacher must not change while the student trains");
+}
+
+/// A transformer teacher (a tiny random BERT) labels the training rows and their
+/// augmentations; a second job distils another student from the stored transfer set
+/// without running the teacher again.
+#[test]
+fn transformer_teacher_with_augmentation_and_a_reused_transfer_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pretrained = tmp.path().join("pretrained");
+    crate::ml::transformer::write_tiny_bert(&pretrained.join("tiny"), 3).unwrap();
+    let mut config = quick_config(small(CellKind::Gru, false), small(CellKind::Gru, false), 2);
+    config.teacher.kind = TeacherKind::Transformer;
+    config.teacher.pretrained = Some("tiny".into());
+    config.teacher.epochs = Some(3);
+    config.distillation.augment.factor = 2;
+    let rows = order_task(120, 10);
+    let inputs = JobInputs {
+        pretrained_dir: Some(pretrained.clone()),
+        ..JobInputs::new(rows.clone(), None)
+    };
+    let events = Mutex::new(Vec::new());
+    let record = |e: &TrainEvent| events.lock().unwrap().push(e.clone());
+    let first = run(
+        &config,
+        inputs,
+        &tmp.path().join("w1"),
+        &tmp.path().join("m1"),
+        &record,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert!(first.teacher.is_none() && first.transformer_teacher.is_some());
+    assert!(first.student.metrics.as_ref().unwrap().agreement.is_some());
+    let phases: Vec<Phase> = events
+        .into_inner()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::PhaseFinished { phase, .. } => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    assert!(phases.contains(&Phase::Labeling) && phases.contains(&Phase::Teacher), "{phases:?}");
+
+    let stored =
+        crate::ml::transfer::TransferSet::load(&tmp.path().join("m1"), &Device::Cpu).unwrap();
+    let augmented = stored.examples(crate::ml::transfer::RowKind::Augmented);
+    let train = stored.examples(crate::ml::transfer::RowKind::Train);
+    assert_eq!(augmented.len(), 2 * train.len(), "factor 2 makes two rows per training row");
+    assert!(augmented.iter().all(|e| !e.text.trim().is_empty() && e.label.is_none()));
+
+    let mut reuse = config.clone();
+    reuse.teacher.job_id = Some("earlier".into());
+    reuse.teacher.kind = TeacherKind::Recurrent;
+    reuse.teacher.pretrained = None;
+    let inputs =
+        JobInputs { transfer_model: Some(tmp.path().join("m1")), ..JobInputs::new(rows, None) };
+    let second = run(
+        &reuse,
+        inputs,
+        &tmp.path().join("w2"),
+        &tmp.path().join("m2"),
+        &NoObserver,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(second.labels, first.labels);
+    assert_eq!(
+        second.student.metrics, first.student.metrics,
+        "same transfer set, same seed, same student"
+    );
 }

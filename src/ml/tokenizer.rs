@@ -15,6 +15,8 @@ use unicode_normalization::UnicodeNormalization;
 pub const PAD_ID: u32 = 0;
 /// Id of the unknown-word token.
 pub const UNK_ID: u32 = 1;
+/// The mask placeholder of augmented texts; it always encodes as [`UNK_ID`].
+pub const MASK: &str = "[MASK]";
 const PAD: &str = "<pad>";
 const UNK: &str = "<unk>";
 
@@ -121,13 +123,21 @@ impl Tokenizer {
     }
 
     /// Token ids of the first `max_len` tokens; a text with no token becomes `[UNK_ID]`,
-    /// so that every text has at least one step.
+    /// so that every text has at least one step. The placeholder [`MASK`] (left by
+    /// augmentation) is one unknown token.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let mut ids: Vec<u32> = split_words(text)
-            .into_iter()
-            .take(self.max_len)
-            .map(|t| self.index.get(&t).copied().unwrap_or(UNK_ID))
-            .collect();
+        let mut ids = Vec::new();
+        for (i, part) in text.split(MASK).enumerate() {
+            if i > 0 {
+                ids.push(UNK_ID);
+            }
+            ids.extend(
+                split_words(part)
+                    .into_iter()
+                    .map(|t| self.index.get(&t).copied().unwrap_or(UNK_ID)),
+            );
+        }
+        ids.truncate(self.max_len);
         if ids.is_empty() {
             ids.push(UNK_ID);
         }
@@ -166,6 +176,8 @@ mod tests {
         assert_eq!(tok.encode("a zzz q"), vec![a, UNK_ID]);
         assert_eq!(tok.encode("..."), vec![UNK_ID, UNK_ID]);
         assert_eq!(tok.encode(""), vec![UNK_ID]);
+        let b = tok.encode("b")[0];
+        assert_eq!(tok.encode("[MASK] b"), vec![UNK_ID, b]);
     }
 
     #[test]

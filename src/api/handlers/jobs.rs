@@ -18,9 +18,10 @@ use crate::api::extract::{ApiJson, ApiQuery};
 use crate::api::{ApiError, AppState};
 use crate::domain::{now_millis, DatasetId, JobId, JobProgress, JobRecord, JobStatus, ModelId};
 use crate::jobs::JobEvent;
-use crate::ml::config::JobConfig;
+use crate::ml::config::{JobConfig, TeacherKind};
 use crate::ml::manifest::Role;
 use crate::ml::progress::{Phase, TrainEvent};
+use crate::ml::transformer::resolve_pretrained;
 use crate::store::CancelOutcome;
 
 /// `POST /v1/jobs`: queues a training job; answers 202 with a `Location` header.
@@ -103,12 +104,41 @@ async fn check_references(state: &AppState, request: &JobRequest) -> Result<(), 
             return Err(ApiError::DatasetNotFound(id.clone()));
         }
     }
+    check_teacher_source(state, request).await?;
     let Some(model_id) = &request.config.teacher.model_id else { return Ok(()) };
     let model_id = ModelId::from_string(model_id.clone());
     let model = state.store.model(&model_id).await?.ok_or(ApiError::ModelNotFound(model_id))?;
     if !model.has_role(Role::Teacher) {
         let message = format!("model `{}` has no teacher network to reuse", model.id);
         return Err(ApiError::InvalidJob { field: "teacher.model_id".into(), message });
+    }
+    Ok(())
+}
+
+/// Checks a transformer teacher's folder and a reused job's transfer set.
+async fn check_teacher_source(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
+    let invalid =
+        |field: &str, message: String| ApiError::InvalidJob { field: field.into(), message };
+    let teacher = &request.config.teacher;
+    if let (TeacherKind::Transformer, Some(name)) = (teacher.kind, &teacher.pretrained) {
+        let Some(root) = &state.jobs.settings.pretrained_dir else {
+            let message = "this server has no folder of pretrained models (--pretrained-dir)";
+            return Err(invalid("teacher.pretrained", message.into()));
+        };
+        resolve_pretrained(root, name).map_err(|e| invalid("teacher.pretrained", e.to_string()))?;
+    }
+    let Some(job_id) = &teacher.job_id else { return Ok(()) };
+    let id = JobId::from_string(job_id.clone());
+    let job = state.store.job(&id).await?.ok_or_else(|| ApiError::JobNotFound(id.clone()))?;
+    if job.status != JobStatus::Succeeded || job.config.teacher.kind == TeacherKind::None {
+        let message =
+            format!("job `{id}` has not finished with a teacher, so it has no transfer set");
+        return Err(invalid("teacher.job_id", message));
+    }
+    if job.dataset_id != request.dataset_id {
+        let message =
+            format!("job `{id}` was trained on dataset `{}`; use the same dataset", job.dataset_id);
+        return Err(invalid("dataset_id", message));
     }
     Ok(())
 }

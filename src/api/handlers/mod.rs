@@ -5,6 +5,7 @@ pub mod jobs;
 pub mod models;
 pub mod ops;
 pub mod predict;
+pub mod pretrained;
 
 use crate::api::{ApiError, Limits};
 
