@@ -39,7 +39,7 @@ use crate::ml::config::CellKind;
 use cpu_op::SequenceOp;
 
 pub(crate) use activation::Real;
-pub(crate) use simd::vectorized;
+pub(crate) use simd::{vectorized, VectorLoop};
 
 /// Bad arguments to a recurrent kernel, or a broken internal state.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,9 @@ fn run_fused(
     let (xs, w, b) = (xs_proj.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
     let lengths = Arc::clone(lengths);
     match (xs.dtype(), keep) {
-        (DType::F64, true) => xs.apply_op3(&w, &b, SequenceOp::<f64>::new(cell, lengths, reverse, true)),
+        (DType::F64, true) => {
+            xs.apply_op3(&w, &b, SequenceOp::<f64>::new(cell, lengths, reverse, true))
+        }
         (DType::F64, false) => {
             xs.apply_op3_no_bwd(&w, &b, &SequenceOp::<f64>::new(cell, lengths, reverse, false))
         }

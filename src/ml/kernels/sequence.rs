@@ -11,11 +11,13 @@
 //! gradients row by row and carrying `dL/dh` through one product with `W_hh` per step.
 //! The weight gradient is then a single product over all steps.
 
+use std::marker::PhantomData;
+
 use super::activation::Real;
 use super::cell::{BackwardRow, Cell, ForwardRow};
 use super::gemm::{matmul, MatRef};
 use super::schedule::Schedule;
-use super::simd::vectorized;
+use super::simd::{vectorized, VectorLoop};
 
 /// Sizes of one layer call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +97,7 @@ fn forward_step<T: Real, C: Cell>(
     st: StepState<'_, T>,
     out: &mut [T],
 ) {
-    let (h, gw, cw, sw) = (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
+    let (h, gw) = (dims.hidden, dims.gate_width());
     let n = sched.active[s];
     let gates = &mut gates[..n * gw];
 
@@ -108,22 +110,44 @@ fn forward_step<T: Real, C: Cell>(
     }
 
     // 2. Element-wise cell update, and the new state copied to its output position.
-    vectorized(|| {
-        for i in 0..n {
-            let pos = sched.order[i] * dims.time + sched.time(i, s);
-            C::forward_row(ForwardRow {
-                xp: &inp.xs[pos * gw..][..gw],
-                hh: &gates[i * gw..][..gw],
-                bias: &inp.b_hh[..gw],
+    let rows = ForwardRows::<T, C> { s, inp, dims, sched, gates, st, out, cell: PhantomData };
+    vectorized(rows);
+}
+
+/// The element-wise part of one forward step, over its active rows.
+struct ForwardRows<'a, T, C> {
+    s: usize,
+    inp: Inputs<'a, T>,
+    dims: Dims,
+    sched: &'a Schedule,
+    gates: &'a [T],
+    st: StepState<'a, T>,
+    out: &'a mut [T],
+    cell: PhantomData<C>,
+}
+
+impl<T: Real, C: Cell> VectorLoop for ForwardRows<'_, T, C> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (dims, sched, st) = (self.dims, self.sched, self.st);
+        let (h, gw, cw) = (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden));
+        let sw = C::SAVED * h;
+        for i in 0..sched.active[self.s] {
+            let pos = sched.order[i] * dims.time + sched.time(i, self.s);
+            let row = ForwardRow {
+                xp: &self.inp.xs[pos * gw..][..gw],
+                hh: &self.gates[i * gw..][..gw],
+                bias: &self.inp.b_hh[..gw],
                 h_prev: &st.h_prev[i * h..][..h],
                 c_prev: &st.c_prev[i * cw..][..cw],
-                h: &mut st.h[i * h..][..h],
-                c: &mut st.c[i * cw..][..cw],
-                saved: &mut st.saved[i * sw..][..sw],
-            });
-            out[pos * h..][..h].copy_from_slice(&st.h[i * h..][..h]);
+            };
+            let (h_i, c_i) = (&mut st.h[i * h..][..h], &mut st.c[i * cw..][..cw]);
+            C::forward_row(row, h_i, c_i, &mut st.saved[i * sw..][..sw]);
+            self.out[pos * h..][..h].copy_from_slice(&st.h[i * h..][..h]);
         }
-    });
+    }
 }
 
 /// Forward pass keeping every step's state and activations for [`backward`].
@@ -168,7 +192,8 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
 ) -> Vec<T> {
     let (h, cw, sw) = (dims.hidden, cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
     let mut out = vec![T::zero(); dims.batch * dims.time * h];
-    let (mut h_prev, mut h_next) = (vec![T::zero(); dims.batch * h], vec![T::zero(); dims.batch * h]);
+    let (mut h_prev, mut h_next) =
+        (vec![T::zero(); dims.batch * h], vec![T::zero(); dims.batch * h]);
     let (mut c_prev, mut c_next) =
         (vec![T::zero(); dims.batch * cw], vec![T::zero(); dims.batch * cw]);
     let mut scratch = vec![T::zero(); dims.batch * sw];
@@ -211,26 +236,20 @@ pub(crate) fn backward<T: Real, C: Cell>(saved: &Saved<T>, w_hh: &[T], d_out: &[
         let d_hh_step = &mut d_hh[lo * gw..hi * gw];
 
         // 1. Gate gradients of every active row (and the direct part of dL/dh_{s-1}).
-        vectorized(|| {
-            for i in 0..n {
-                let pos = sched.order[i] * dims.time + sched.time(i, s);
-                C::backward_row(BackwardRow {
-                    dh: &mut dh[i * h..][..h],
-                    d_out: &d_out[pos * h..][..h],
-                    dc: &mut dc[i * cw..][..cw],
-                    saved: &saved.acts[(lo + i) * sw..][..sw],
-                    h: &saved.hs[(lo + i) * h..][..h],
-                    h_prev: &h_prev[i * h..][..h],
-                    c_prev: &c_prev[i * cw..][..cw],
-                    d_xp: &mut d_xs[pos * gw..][..gw],
-                    d_hh: &mut d_hh_step[i * gw..][..gw],
-                });
-            }
-        });
+        let state = StepSaved {
+            h_prev,
+            c_prev,
+            h: &saved.hs[lo * h..],
+            c: &saved.cs[lo * cw..],
+            acts: &saved.acts[lo * sw..],
+        };
+        let grads = StepGrads { dh: &mut dh, dc: &mut dc, d_xs: &mut d_xs, d_hh: d_hh_step };
+        let rows = BackwardRows::<T, C> { s, dims, sched, state, d_out, grads, cell: PhantomData };
+        vectorized(rows);
 
         // 2. dL/dh_{s-1} through the recurrent product (not needed before step 0).
         if s > 0 {
-            let lhs = MatRef::row_major(&d_hh_step[..], n, gw);
+            let lhs = MatRef::row_major(&d_hh[lo * gw..hi * gw], n, gw);
             let accumulate = C::DIRECT_STATE_GRADIENT;
             matmul(&mut dh[..n * h], accumulate, lhs, MatRef::row_major(w_hh, gw, h));
         }
@@ -239,6 +258,63 @@ pub(crate) fn backward<T: Real, C: Cell>(saved: &Saved<T>, w_hh: &[T], d_out: &[
     let d_w_hh = weight_gradient(saved, &d_hh);
     let d_b_hh = column_sums(&d_hh, gw);
     Grads { d_xs, d_w_hh, d_b_hh }
+}
+
+/// Saved values read by one backward step, each starting at the step's first row.
+struct StepSaved<'a, T> {
+    h_prev: &'a [T],
+    c_prev: &'a [T],
+    h: &'a [T],
+    c: &'a [T],
+    acts: &'a [T],
+}
+
+/// Gradient buffers written by one backward step.
+struct StepGrads<'a, T> {
+    /// Carried `dL/dh`, one row per sorted position.
+    dh: &'a mut [T],
+    /// Carried `dL/dc` (LSTM), one row per sorted position.
+    dc: &'a mut [T],
+    /// `(B, T, G*H)` input-projection gradient.
+    d_xs: &'a mut [T],
+    /// Recurrent pre-activation gradients of this step's rows.
+    d_hh: &'a mut [T],
+}
+
+/// The element-wise part of one backward step, over its active rows.
+struct BackwardRows<'a, T, C> {
+    s: usize,
+    dims: Dims,
+    sched: &'a Schedule,
+    state: StepSaved<'a, T>,
+    d_out: &'a [T],
+    grads: StepGrads<'a, T>,
+    cell: PhantomData<C>,
+}
+
+impl<T: Real, C: Cell> VectorLoop for BackwardRows<'_, T, C> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (dims, sched, st, g) = (self.dims, self.sched, self.state, self.grads);
+        let (h, gw, cw) = (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden));
+        let sw = C::SAVED * h;
+        for i in 0..sched.active[self.s] {
+            let pos = sched.order[i] * dims.time + sched.time(i, self.s);
+            let row = BackwardRow {
+                d_out: &self.d_out[pos * h..][..h],
+                saved: &st.acts[i * sw..][..sw],
+                h: &st.h[i * h..][..h],
+                h_prev: &st.h_prev[i * h..][..h],
+                c: &st.c[i * cw..][..cw],
+                c_prev: &st.c_prev[i * cw..][..cw],
+            };
+            let (dh, dc) = (&mut g.dh[i * h..][..h], &mut g.dc[i * cw..][..cw]);
+            let (d_xp, d_hh) = (&mut g.d_xs[pos * gw..][..gw], &mut g.d_hh[i * gw..][..gw]);
+            C::backward_row(row, dh, dc, d_xp, d_hh);
+        }
+    }
 }
 
 /// `dW_hh = sum_s d_hh_s^T @ h_{s-1}` as one product; step 0 (zero state) adds nothing.
@@ -266,13 +342,26 @@ fn weight_gradient<T: Real>(saved: &Saved<T>, d_hh: &[T]) -> Vec<T> {
 
 /// Sums of the columns of a row-major matrix with `width` columns.
 fn column_sums<T: Real>(data: &[T], width: usize) -> Vec<T> {
-    let mut sums = vec![T::zero(); width];
-    vectorized(|| {
-        for row in data.chunks_exact(width) {
+    vectorized(ColumnSums { data, width })
+}
+
+/// The loop of [`column_sums`].
+struct ColumnSums<'a, T> {
+    data: &'a [T],
+    width: usize,
+}
+
+impl<T: Real> VectorLoop for ColumnSums<'_, T> {
+    type Output = Vec<T>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<T> {
+        let mut sums = vec![T::zero(); self.width];
+        for row in self.data.chunks_exact(self.width) {
             for (acc, &x) in sums.iter_mut().zip(row) {
                 *acc += x;
             }
         }
-    });
-    sums
+        sums
+    }
 }
