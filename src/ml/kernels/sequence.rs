@@ -39,11 +39,37 @@ impl Dims {
     }
 }
 
-/// Read-only inputs of a layer call, all contiguous row-major.
+/// Rows of a `(B, T, width)` array stored inside a wider one: the row of position
+/// `p = b * T + t` starts at element `p * stride + offset` (for the two halves of a
+/// bidirectional layer's `(B, T, 2 * width)` tensors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows<'a, T> {
+    /// The elements.
+    pub data: &'a [T],
+    /// Elements from one position's row to the next.
+    pub stride: usize,
+    /// Start of the row of position 0.
+    pub offset: usize,
+}
+
+impl<'a, T> Rows<'a, T> {
+    /// Rows stored back to back.
+    pub(crate) fn dense(data: &'a [T], width: usize) -> Self {
+        Self { data, stride: width, offset: 0 }
+    }
+
+    /// The `width` elements of position `pos`.
+    #[inline(always)]
+    fn row(&self, pos: usize, width: usize) -> &'a [T] {
+        &self.data[pos * self.stride + self.offset..][..width]
+    }
+}
+
+/// Read-only inputs of a layer call.
 #[derive(Clone, Copy)]
 pub(crate) struct Inputs<'a, T> {
     /// `(B, T, G*H)` input projections.
-    pub xs: &'a [T],
+    pub xs: Rows<'a, T>,
     /// `(G*H, H)` recurrent weight.
     pub w_hh: &'a [T],
     /// `(G*H)` recurrent bias.
@@ -57,6 +83,13 @@ pub(crate) struct Saved<T> {
     hs: Vec<T>,
     cs: Vec<T>,
     acts: Vec<T>,
+}
+
+impl<T> Saved<T> {
+    /// Sizes of the call that saved this.
+    pub(crate) fn dims(&self) -> Dims {
+        self.dims
+    }
 }
 
 /// Gradients of a layer call.
@@ -137,7 +170,7 @@ impl<T: Real, C: Cell> VectorLoop for ForwardRows<'_, T, C> {
         for i in 0..sched.active[self.s] {
             let pos = sched.order[i] * dims.time + sched.time(i, self.s);
             let row = ForwardRow {
-                xp: &self.inp.xs[pos * gw..][..gw],
+                xp: self.inp.xs.row(pos, gw),
                 hh: &self.gates[i * gw..][..gw],
                 bias: &self.inp.b_hh[..gw],
                 h_prev: &st.h_prev[i * h..][..h],
@@ -218,7 +251,11 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
 ///
 /// `w_hh` is the `(G*H, H)` weight of the forward pass; `d_out` the `(B, T, H)` gradient
 /// of the output (values at padded positions are ignored).
-pub(crate) fn backward<T: Real, C: Cell>(saved: &Saved<T>, w_hh: &[T], d_out: &[T]) -> Grads<T> {
+pub(crate) fn backward<T: Real, C: Cell>(
+    saved: &Saved<T>,
+    w_hh: &[T],
+    d_out: Rows<'_, T>,
+) -> Grads<T> {
     let (dims, sched) = (saved.dims, &saved.schedule);
     let (h, gw) = (dims.hidden, dims.gate_width());
     let (cw, sw) = (cell_width::<C>(h), C::SAVED * h);
@@ -287,7 +324,7 @@ struct BackwardRows<'a, T, C> {
     dims: Dims,
     sched: &'a Schedule,
     state: StepSaved<'a, T>,
-    d_out: &'a [T],
+    d_out: Rows<'a, T>,
     grads: StepGrads<'a, T>,
     cell: PhantomData<C>,
 }
@@ -303,7 +340,7 @@ impl<T: Real, C: Cell> VectorLoop for BackwardRows<'_, T, C> {
         for i in 0..sched.active[self.s] {
             let pos = sched.order[i] * dims.time + sched.time(i, self.s);
             let row = BackwardRow {
-                d_out: &self.d_out[pos * h..][..h],
+                d_out: self.d_out.row(pos, h),
                 saved: &st.acts[i * sw..][..sw],
                 h: &st.h[i * h..][..h],
                 h_prev: &st.h_prev[i * h..][..h],
