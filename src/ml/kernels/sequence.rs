@@ -121,10 +121,22 @@ fn cell_width<C: Cell>(hidden: usize) -> usize {
     }
 }
 
-/// Runs one forward step over the active rows of step `s`.
+/// `W_hh^T` for the step products, or nothing when every step has few rows.
+fn weight_for_steps<T: Real>(w_hh: &[T], dims: Dims) -> Vec<T> {
+    if dims.batch < FEW_ROWS {
+        Vec::new()
+    } else {
+        transpose(w_hh, dims.gate_width(), dims.hidden)
+    }
+}
+
+/// Below this many active rows the step product reads `W_hh` itself, not its transpose.
+const FEW_ROWS: usize = 4;
+
+/// Runs one forward step over the active rows of step `s`; `w_t` is `W_hh^T`, `(H, G*H)`.
 fn forward_step<T: Real, C: Cell>(
     s: usize,
-    inp: Inputs<'_, T>,
+    (inp, w_t): (Inputs<'_, T>, &[T]),
     (dims, sched): (Dims, &Schedule),
     gates: &mut [T],
     st: StepState<'_, T>,
@@ -138,7 +150,13 @@ fn forward_step<T: Real, C: Cell>(
     if s == 0 {
         gates.fill(T::zero());
     } else {
-        let w_t = MatRef::row_major(inp.w_hh, gw, h).t();
+        // Few rows make the product a matrix-vector one, where the row-major weight
+        // (one dot product per gate unit) is the faster layout.
+        let w_t = if n < FEW_ROWS {
+            MatRef::row_major(inp.w_hh, gw, h).t()
+        } else {
+            MatRef::row_major(w_t, h, gw)
+        };
         matmul(gates, false, MatRef::row_major(st.h_prev, n, h), w_t);
     }
 
@@ -199,6 +217,7 @@ pub(crate) fn forward_train<T: Real, C: Cell>(
     let mut acts = vec![T::zero(); total * sw];
     let zeros = vec![T::zero(); dims.batch * h];
     let mut gates = vec![T::zero(); dims.batch * dims.gate_width()];
+    let w_t = weight_for_steps(inp.w_hh, dims);
 
     for s in 0..sched.steps() {
         let (lo, hi) = (sched.offsets[s], sched.offsets[s + 1]);
@@ -212,7 +231,7 @@ pub(crate) fn forward_train<T: Real, C: Cell>(
             c: &mut cs_rest[..(hi - lo) * cw],
             saved: &mut acts[lo * sw..hi * sw],
         };
-        forward_step::<T, C>(s, inp, (dims, &sched), &mut gates, st, &mut out);
+        forward_step::<T, C>(s, (inp, &w_t), (dims, &sched), &mut gates, st, &mut out);
     }
     (out, Saved { dims, schedule: sched, hs, cs, acts })
 }
@@ -231,6 +250,7 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
         (vec![T::zero(); dims.batch * cw], vec![T::zero(); dims.batch * cw]);
     let mut scratch = vec![T::zero(); dims.batch * sw];
     let mut gates = vec![T::zero(); dims.batch * dims.gate_width()];
+    let w_t = weight_for_steps(inp.w_hh, dims);
 
     for s in 0..sched.steps() {
         let st = StepState {
@@ -240,9 +260,28 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
             c: &mut c_next,
             saved: &mut scratch,
         };
-        forward_step::<T, C>(s, inp, (dims, sched), &mut gates, st, &mut out);
+        forward_step::<T, C>(s, (inp, &w_t), (dims, sched), &mut gates, st, &mut out);
         std::mem::swap(&mut h_prev, &mut h_next);
         std::mem::swap(&mut c_prev, &mut c_next);
+    }
+    out
+}
+
+/// The transpose of a row-major `rows x cols` matrix.
+///
+/// The step product reads `W_hh^T` with unit stride along the gate axis, the layout in
+/// which the `gemm` crate uses the weight without re-packing it at every step.
+fn transpose<T: Real>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const STRIP: usize = 8;
+    let mut out = vec![T::zero(); rows * cols];
+    for c0 in (0..cols).step_by(STRIP) {
+        let width = STRIP.min(cols - c0);
+        for r in 0..rows {
+            // One short contiguous read, scattered over `width` output rows.
+            for (dc, &v) in data[r * cols + c0..][..width].iter().enumerate() {
+                out[(c0 + dc) * rows + r] = v;
+            }
+        }
     }
     out
 }

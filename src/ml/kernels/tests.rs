@@ -310,8 +310,14 @@ pub(crate) fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Prints CPU milliseconds per call at the student and teacher sizes. Run with
+/// `RAYON_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:\
+/// glibc.malloc.trim_threshold=4294967295 cargo test --release --lib report_kernel -- \
+/// --ignored --nocapture`: the tunables keep glibc from unmapping and re-faulting the
+/// large buffers on every call (the service binary uses mimalloc, which keeps them), and
+/// one Rayon thread stops Candle's element-wise ops from spinning a second core.
 #[test]
-#[ignore = "timing report, not a test: cargo test --release --lib ml::kernels -- --ignored --nocapture"]
+#[ignore = "timing report, not a test; see the doc comment for how to run it"]
 fn report_kernel_timings() {
     let lengths = Arc::new(vec![32; 64]);
     for (cell, hidden, runs) in [(CellKind::Gru, 64, 50), (CellKind::Lstm, 256, 10)] {
@@ -334,12 +340,12 @@ fn report_kernel_timings() {
         let infer_b1 = time_ms(runs * 10, || {
             recurrent_layer_inference(&row_xs, &row[1], &row[2], cell, &one, false).unwrap();
         });
+        let out = recurrent_layer(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
+        let loss = weighted_sum(&out, &weights);
         let backward = time_ms(runs, || {
-            let out = recurrent_layer(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
-            let loss = weighted_sum(&out, &weights);
             loss.backward().unwrap();
-        }) - forward;
-        println!("{cell:?} {hidden}: backward alone about {backward:.3} ms");
+        });
+        println!("{cell:?} {hidden}: backward alone {backward:.3} ms");
         println!(
             "{cell:?} {hidden}, B 64, T 32: fwd+bwd {train:.3} ms, fwd (saving) {forward:.3} ms, \
              inference {infer:.3} ms, inference B 1 {infer_b1:.4} ms"
