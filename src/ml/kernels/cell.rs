@@ -7,7 +7,7 @@
 
 use super::activation::Real;
 
-/// Slices of one row at one forward step (`H` = hidden width, `G` = gate count).
+/// Read-only slices of one row at one forward step (`H` = hidden width, `G` = gate count).
 pub(crate) struct ForwardRow<'a, T> {
     /// Input projection `x_t @ W_ih^T + b_ih` of this row and step, `G*H`.
     pub xp: &'a [T],
@@ -19,52 +19,58 @@ pub(crate) struct ForwardRow<'a, T> {
     pub h_prev: &'a [T],
     /// Previous cell state, `H` (LSTM only, else empty).
     pub c_prev: &'a [T],
-    /// New hidden state (written), `H`.
-    pub h: &'a mut [T],
-    /// New cell state (written), `H` (LSTM only, else empty).
-    pub c: &'a mut [T],
-    /// Activations saved for the backward pass (written), `Cell::SAVED * H`.
-    pub saved: &'a mut [T],
 }
 
-/// Slices of one row at one backward step.
+/// Read-only slices of one row at one backward step.
 pub(crate) struct BackwardRow<'a, T> {
-    /// In: gradient reaching `h_t` through later steps. Out: the part of the gradient of
-    /// `h_{t-1}` that does not go through `W_hh` (non-zero for the GRU only), `H`.
-    pub dh: &'a mut [T],
     /// Gradient of the layer output at this position, `H`.
     pub d_out: &'a [T],
-    /// In: gradient of `c_t` from later steps; out: gradient of `c_{t-1}` (LSTM only), `H`.
-    pub dc: &'a mut [T],
     /// Activations saved by the forward pass, `Cell::SAVED * H`.
     pub saved: &'a [T],
     /// This step's hidden state, `H`.
     pub h: &'a [T],
     /// Previous hidden state, `H`.
     pub h_prev: &'a [T],
+    /// This step's cell state, `H` (LSTM only, else empty).
+    pub c: &'a [T],
     /// Previous cell state, `H` (LSTM only, else empty).
     pub c_prev: &'a [T],
-    /// Gradient of the input projection (written), `G*H`.
-    pub d_xp: &'a mut [T],
-    /// Gradient of the recurrent pre-activation `h_{t-1} @ W_hh^T + b_hh` (written), `G*H`.
-    pub d_hh: &'a mut [T],
 }
 
 /// One kind of recurrent cell.
+///
+/// Written slices are separate `&mut` parameters, down to each gate block in the inner
+/// loops: only then does the compiler know that they alias nothing else. Blocks of one
+/// buffer or slices inside a struct make it emit run-time overlap checks, which fail when
+/// hoisted over the row loop, leaving the scalar loop to run.
 pub(crate) trait Cell {
     /// Width of the saved activations, in multiples of `H`.
     const SAVED: usize;
     /// Whether the cell carries a cell state `c` (LSTM).
     const HAS_CELL_STATE: bool;
-    /// Whether [`BackwardRow::dh`] holds a direct gradient of `h_{t-1}` after
-    /// [`Cell::backward_row`], to which the recurrent product is then added.
+    /// Whether `dh` holds a direct gradient of `h_{t-1}` after [`Cell::backward_row`], to
+    /// which the recurrent product is then added.
     const DIRECT_STATE_GRADIENT: bool;
 
-    /// Computes the new state of one row.
-    fn forward_row<T: Real>(row: ForwardRow<'_, T>);
+    /// Computes the new state of one row: writes the hidden state `h` (`H`), the cell
+    /// state `c` (`H`, LSTM only, else empty) and the activations `saved` that the
+    /// backward pass needs (`SAVED * H`).
+    fn forward_row<T: Real>(row: ForwardRow<'_, T>, h: &mut [T], c: &mut [T], saved: &mut [T]);
 
     /// Computes the gate gradients of one row.
-    fn backward_row<T: Real>(row: BackwardRow<'_, T>);
+    ///
+    /// - `dh` (`H`): in, the gradient reaching `h_t` through later steps; out, the part of
+    ///   the gradient of `h_{t-1}` that does not go through `W_hh` (GRU only);
+    /// - `dc` (`H`, LSTM only): in, the gradient of `c_t`; out, that of `c_{t-1}`;
+    /// - `d_xp` (`G*H`): written, the gradient of the input projection;
+    /// - `d_hh` (`G*H`): written, the gradient of `h_{t-1} @ W_hh^T + b_hh`.
+    fn backward_row<T: Real>(
+        row: BackwardRow<'_, T>,
+        dh: &mut [T],
+        dc: &mut [T],
+        d_xp: &mut [T],
+        d_hh: &mut [T],
+    );
 }
 
 /// The first `N` consecutive blocks of length `len` of a slice.

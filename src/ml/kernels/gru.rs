@@ -16,49 +16,83 @@ impl Cell for Gru {
     const DIRECT_STATE_GRADIENT: bool = true;
 
     #[inline(always)]
-    fn forward_row<T: Real>(row: ForwardRow<'_, T>) {
-        let n = row.h.len();
-        let [xr, xz, xn] = blocks(row.xp, n);
-        let [hr, hz, hn] = blocks(row.hh, n);
-        let [br, bz, bn] = blocks(row.bias, n);
-        let [sr, sz, sn, shn] = blocks_mut(row.saved, n);
-        let (h_prev, h) = (&row.h_prev[..n], &mut row.h[..n]);
-
-        for j in 0..n {
-            let r = (xr[j] + hr[j] + br[j]).sigmoid();
-            let z = (xz[j] + hz[j] + bz[j]).sigmoid();
-            let hn_j = hn[j] + bn[j];
-            let cand = (xn[j] + r * hn_j).tanh();
-            h[j] = cand + z * (h_prev[j] - cand);
-            sr[j] = r;
-            sz[j] = z;
-            sn[j] = cand;
-            shn[j] = hn_j;
-        }
+    fn forward_row<T: Real>(row: ForwardRow<'_, T>, h: &mut [T], _c: &mut [T], saved: &mut [T]) {
+        let n = h.len();
+        let [sr, sz, sn, shn] = blocks_mut(saved, n);
+        forward_lanes(&row, h, sr, sz, sn, shn);
     }
 
     #[inline(always)]
-    fn backward_row<T: Real>(row: BackwardRow<'_, T>) {
-        let n = row.dh.len();
-        let one = T::one();
-        let [sr, sz, sn, shn] = blocks(row.saved, n);
-        let [dxr, dxz, dxn] = blocks_mut(row.d_xp, n);
-        let [dgr, dgz, dgn] = blocks_mut(row.d_hh, n);
-        let (dh, d_out, h_prev) = (&mut row.dh[..n], &row.d_out[..n], &row.h_prev[..n]);
+    fn backward_row<T: Real>(
+        row: BackwardRow<'_, T>,
+        dh: &mut [T],
+        _dc: &mut [T],
+        d_xp: &mut [T],
+        d_hh: &mut [T],
+    ) {
+        let n = dh.len();
+        let [dxr, dxz, dxn] = blocks_mut(d_xp, n);
+        let [dgr, dgz, dgn] = blocks_mut(d_hh, n);
+        backward_lanes(&row, dh, dxr, dxz, dxn, dgn);
 
-        for j in 0..n {
-            let (r, z, cand) = (sr[j], sz[j], sn[j]);
-            let g = dh[j] + d_out[j];
-            let d_cand = g * (one - z) * (one - cand * cand);
-            let d_r = d_cand * shn[j] * r * (one - r);
-            let d_z = g * (h_prev[j] - cand) * z * (one - z);
-            dxr[j] = d_r;
-            dgr[j] = d_r;
-            dxz[j] = d_z;
-            dgz[j] = d_z;
-            dxn[j] = d_cand;
-            dgn[j] = d_cand * r;
-            dh[j] = g * z;
-        }
+        // The reset and update gates enter both sums alike.
+        dgr.copy_from_slice(dxr);
+        dgz.copy_from_slice(dxz);
+    }
+}
+
+#[inline(always)]
+fn forward_lanes<T: Real>(
+    row: &ForwardRow<'_, T>,
+    h: &mut [T],
+    sr: &mut [T],
+    sz: &mut [T],
+    sn: &mut [T],
+    shn: &mut [T],
+) {
+    let n = h.len();
+    let [xr, xz, xn] = blocks(row.xp, n);
+    let [hr, hz, hn] = blocks(row.hh, n);
+    let [br, bz, bn] = blocks(row.bias, n);
+    let h_prev = &row.h_prev[..n];
+    let (sr, sz, sn, shn) = (&mut sr[..n], &mut sz[..n], &mut sn[..n], &mut shn[..n]);
+
+    for j in 0..n {
+        let r = (xr[j] + hr[j] + br[j]).sigmoid();
+        let z = (xz[j] + hz[j] + bz[j]).sigmoid();
+        let hn_j = hn[j] + bn[j];
+        let cand = (xn[j] + r * hn_j).tanh();
+        h[j] = cand + z * (h_prev[j] - cand);
+        sr[j] = r;
+        sz[j] = z;
+        sn[j] = cand;
+        shn[j] = hn_j;
+    }
+}
+
+#[inline(always)]
+fn backward_lanes<T: Real>(
+    row: &BackwardRow<'_, T>,
+    dh: &mut [T],
+    dxr: &mut [T],
+    dxz: &mut [T],
+    dxn: &mut [T],
+    dgn: &mut [T],
+) {
+    let n = dh.len();
+    let one = T::one();
+    let [sr, sz, sn, shn] = blocks(row.saved, n);
+    let (d_out, h_prev) = (&row.d_out[..n], &row.h_prev[..n]);
+    let (dxr, dxz, dxn, dgn) = (&mut dxr[..n], &mut dxz[..n], &mut dxn[..n], &mut dgn[..n]);
+
+    for j in 0..n {
+        let (r, z, cand) = (sr[j], sz[j], sn[j]);
+        let g = dh[j] + d_out[j];
+        let d_cand = g * (one - z) * (one - cand * cand);
+        dxr[j] = d_cand * shn[j] * r * (one - r);
+        dxz[j] = g * (h_prev[j] - cand) * z * (one - z);
+        dxn[j] = d_cand;
+        dgn[j] = d_cand * r;
+        dh[j] = g * z;
     }
 }

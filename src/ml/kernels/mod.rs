@@ -7,6 +7,7 @@
 //! sequence; anywhere else (CUDA, other dtypes) it is [`recurrent_layer_reference`], the
 //! same computation in plain tensor ops stepped in time, which also serves as the test
 //! oracle. [`recurrent_layer_inference`] skips everything only training needs.
+//! [`bidirectional_layer`] runs both directions of a layer as one op, on two threads.
 //!
 //! Semantics shared by all three (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
 //! - every row starts from zero state; row `b` has `lengths[b]` real steps, `1..=T`;
@@ -16,6 +17,7 @@
 //!   padded positions `t >= len`, from which no gradient flows.
 
 mod activation;
+mod bidirectional;
 mod cell;
 mod cpu_op;
 mod gemm;
@@ -33,27 +35,31 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use bidirectional::{bidirectional_layer, bidirectional_layer_inference};
 pub use reference::recurrent_layer_reference;
 
 use crate::ml::config::CellKind;
 use cpu_op::SequenceOp;
 
 pub(crate) use activation::Real;
-pub(crate) use simd::vectorized;
+pub(crate) use simd::{vectorized, VectorLoop};
 
 /// Bad arguments to a recurrent kernel, or a broken internal state.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// The tensor shapes do not fit one layer of this cell.
     #[error(
-        "shapes do not fit a {cell:?} layer: xs_proj {xs_proj:?} (want B, T, G*H), \
-         w_hh {w_hh:?} (want G*H, H), b_hh {b_hh:?} (want G*H), G = {gates}"
+        "shapes do not fit a {cell:?} layer with {directions} direction(s): xs_proj \
+         {xs_proj:?} (want B, T, D*G*H), w_hh {w_hh:?} (want [D,] G*H, H), b_hh {b_hh:?} \
+         (want [D,] G*H), G = {gates}, D = {directions}"
     )]
     Shape {
         /// The cell asked for.
         cell: CellKind,
         /// Gate blocks of that cell.
         gates: usize,
+        /// Directions of the layer (1 or 2).
+        directions: usize,
         /// Shape of `xs_proj`.
         xs_proj: Vec<usize>,
         /// Shape of `w_hh`.
@@ -101,6 +107,9 @@ pub enum KernelError {
     /// A thread panicked while holding the saved forward state.
     #[error("saved forward state of a fused recurrent op is poisoned")]
     Poisoned,
+    /// The thread running one direction of a bidirectional layer panicked.
+    #[error("the worker thread of a bidirectional layer panicked")]
+    WorkerPanicked,
 }
 
 impl From<KernelError> for candle_core::Error {
@@ -131,7 +140,7 @@ pub fn recurrent_layer(
     lengths: &Arc<Vec<usize>>,
     reverse: bool,
 ) -> candle_core::Result<Tensor> {
-    check_args(xs_proj, w_hh, b_hh, cell, lengths)?;
+    check_args((xs_proj, w_hh, b_hh), cell, lengths, 1)?;
     if !is_fused(xs_proj) {
         return recurrent_layer_reference(xs_proj, w_hh, b_hh, cell, lengths, reverse);
     }
@@ -155,7 +164,7 @@ pub fn recurrent_layer_inference(
     lengths: &Arc<Vec<usize>>,
     reverse: bool,
 ) -> candle_core::Result<Tensor> {
-    check_args(xs_proj, w_hh, b_hh, cell, lengths)?;
+    check_args((xs_proj, w_hh, b_hh), cell, lengths, 1)?;
     if !is_fused(xs_proj) {
         return recurrent_layer_reference(xs_proj, w_hh, b_hh, cell, lengths, reverse)
             .map(|out| out.detach());
@@ -163,7 +172,7 @@ pub fn recurrent_layer_inference(
     run_fused(xs_proj, w_hh, b_hh, cell, lengths, reverse, false)
 }
 
-/// Whether the fused CPU op handles this input (dtypes were checked to agree).
+/// Whether the fused CPU ops handle this input (dtypes were checked to agree).
 fn is_fused(xs_proj: &Tensor) -> bool {
     matches!(xs_proj.device(), Device::Cpu) && matches!(xs_proj.dtype(), DType::F32 | DType::F64)
 }
@@ -194,25 +203,30 @@ fn run_fused(
     }
 }
 
-/// Checks shapes, lengths and dtypes; returns `(B, T, H)`.
+/// Checks shapes, lengths and dtypes of a layer with 1 or 2 `directions`.
+///
+/// One direction: `xs_proj (B, T, G*H)`, `w_hh (G*H, H)`, `b_hh (G*H)`. Two:
+/// `xs_proj (B, T, 2*G*H)`, `w_hh (2, G*H, H)`, `b_hh (2, G*H)`.
 fn check_args(
-    xs_proj: &Tensor,
-    w_hh: &Tensor,
-    b_hh: &Tensor,
+    (xs_proj, w_hh, b_hh): (&Tensor, &Tensor, &Tensor),
     cell: CellKind,
     lengths: &[usize],
-) -> Result<(usize, usize, usize), KernelError> {
+    directions: usize,
+) -> Result<(), KernelError> {
     let gates = cell.gates();
     let (x, w, b) = (xs_proj.dims(), w_hh.dims(), b_hh.dims());
+    let stacked = |d: &[usize], rank| d.len() == rank + usize::from(directions == 2);
     let fits = x.len() == 3
-        && w.len() == 2
-        && b.len() == 1
-        && w[0] == gates * w[1]
-        && x[2] == w[0]
-        && b[0] == w[0];
+        && stacked(w, 2)
+        && stacked(b, 1)
+        && (directions == 1 || (w[0] == 2 && b[0] == 2))
+        && {
+            let (w, b) = (&w[directions - 1..], &b[directions - 1..]);
+            w[0] == gates * w[1] && x[2] == directions * w[0] && b[0] == w[0]
+        };
     if !fits {
         let (xs_proj, w_hh, b_hh) = (x.to_vec(), w.to_vec(), b.to_vec());
-        return Err(KernelError::Shape { cell, gates, xs_proj, w_hh, b_hh });
+        return Err(KernelError::Shape { cell, gates, directions, xs_proj, w_hh, b_hh });
     }
 
     let (batch, steps) = (x[0], x[1]);
@@ -227,5 +241,5 @@ fn check_args(
     if dx != dw || dx != db {
         return Err(KernelError::DType { xs_proj: dx, w_hh: dw, b_hh: db });
     }
-    Ok((batch, steps, w[1]))
+    Ok(())
 }

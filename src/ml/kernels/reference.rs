@@ -26,7 +26,7 @@ pub fn recurrent_layer_reference(
     lengths: &Arc<Vec<usize>>,
     reverse: bool,
 ) -> candle_core::Result<Tensor> {
-    check_args(xs_proj, w_hh, b_hh, cell, lengths)?;
+    check_args((xs_proj, w_hh, b_hh), cell, lengths, 1)?;
     if !reverse {
         return run_forward(xs_proj, w_hh, b_hh, cell, lengths);
     }

@@ -12,23 +12,27 @@ impl Cell for Rnn {
     const DIRECT_STATE_GRADIENT: bool = false;
 
     #[inline(always)]
-    fn forward_row<T: Real>(row: ForwardRow<'_, T>) {
-        let n = row.h.len();
-        let (xp, hh, bias, h) = (&row.xp[..n], &row.hh[..n], &row.bias[..n], &mut row.h[..n]);
+    fn forward_row<T: Real>(row: ForwardRow<'_, T>, h: &mut [T], _c: &mut [T], _saved: &mut [T]) {
+        let n = h.len();
+        let (xp, hh, bias, h) = (&row.xp[..n], &row.hh[..n], &row.bias[..n], &mut h[..n]);
         for j in 0..n {
             h[j] = (xp[j] + hh[j] + bias[j]).tanh();
         }
     }
 
     #[inline(always)]
-    fn backward_row<T: Real>(row: BackwardRow<'_, T>) {
-        let n = row.dh.len();
-        let (dh, d_out, h) = (&row.dh[..n], &row.d_out[..n], &row.h[..n]);
-        let (d_xp, d_hh) = (&mut row.d_xp[..n], &mut row.d_hh[..n]);
+    fn backward_row<T: Real>(
+        row: BackwardRow<'_, T>,
+        dh: &mut [T],
+        _dc: &mut [T],
+        d_xp: &mut [T],
+        d_hh: &mut [T],
+    ) {
+        let n = dh.len();
+        let (dh, d_out, h, d_xp) = (&dh[..n], &row.d_out[..n], &row.h[..n], &mut d_xp[..n]);
         for j in 0..n {
-            let d = (dh[j] + d_out[j]) * (T::one() - h[j] * h[j]);
-            d_xp[j] = d;
-            d_hh[j] = d;
+            d_xp[j] = (dh[j] + d_out[j]) * (T::one() - h[j] * h[j]);
         }
+        d_hh.copy_from_slice(d_xp);
     }
 }

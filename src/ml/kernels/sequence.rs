@@ -11,11 +11,13 @@
 //! gradients row by row and carrying `dL/dh` through one product with `W_hh` per step.
 //! The weight gradient is then a single product over all steps.
 
+use std::marker::PhantomData;
+
 use super::activation::Real;
 use super::cell::{BackwardRow, Cell, ForwardRow};
 use super::gemm::{matmul, MatRef};
 use super::schedule::Schedule;
-use super::simd::vectorized;
+use super::simd::{vectorized, VectorLoop};
 
 /// Sizes of one layer call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +39,37 @@ impl Dims {
     }
 }
 
-/// Read-only inputs of a layer call, all contiguous row-major.
+/// Rows of a `(B, T, width)` array stored inside a wider one: the row of position
+/// `p = b * T + t` starts at element `p * stride + offset` (for the two halves of a
+/// bidirectional layer's `(B, T, 2 * width)` tensors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows<'a, T> {
+    /// The elements.
+    pub data: &'a [T],
+    /// Elements from one position's row to the next.
+    pub stride: usize,
+    /// Start of the row of position 0.
+    pub offset: usize,
+}
+
+impl<'a, T> Rows<'a, T> {
+    /// Rows stored back to back.
+    pub(crate) fn dense(data: &'a [T], width: usize) -> Self {
+        Self { data, stride: width, offset: 0 }
+    }
+
+    /// The `width` elements of position `pos`.
+    #[inline(always)]
+    fn row(&self, pos: usize, width: usize) -> &'a [T] {
+        &self.data[pos * self.stride + self.offset..][..width]
+    }
+}
+
+/// Read-only inputs of a layer call.
 #[derive(Clone, Copy)]
 pub(crate) struct Inputs<'a, T> {
     /// `(B, T, G*H)` input projections.
-    pub xs: &'a [T],
+    pub xs: Rows<'a, T>,
     /// `(G*H, H)` recurrent weight.
     pub w_hh: &'a [T],
     /// `(G*H)` recurrent bias.
@@ -55,6 +83,13 @@ pub(crate) struct Saved<T> {
     hs: Vec<T>,
     cs: Vec<T>,
     acts: Vec<T>,
+}
+
+impl<T> Saved<T> {
+    /// Sizes of the call that saved this.
+    pub(crate) fn dims(&self) -> Dims {
+        self.dims
+    }
 }
 
 /// Gradients of a layer call.
@@ -86,17 +121,28 @@ fn cell_width<C: Cell>(hidden: usize) -> usize {
     }
 }
 
-/// Runs one forward step over the active rows of step `s`.
+/// `W_hh^T` for the step products, or nothing when every step has few rows.
+fn weight_for_steps<T: Real>(w_hh: &[T], dims: Dims) -> Vec<T> {
+    if dims.batch < FEW_ROWS {
+        Vec::new()
+    } else {
+        transpose(w_hh, dims.gate_width(), dims.hidden)
+    }
+}
+
+/// Below this many active rows the step product reads `W_hh` itself, not its transpose.
+const FEW_ROWS: usize = 4;
+
+/// Runs one forward step over the active rows of step `s`; `w_t` is `W_hh^T`, `(H, G*H)`.
 fn forward_step<T: Real, C: Cell>(
     s: usize,
-    inp: Inputs<'_, T>,
+    (inp, w_t): (Inputs<'_, T>, &[T]),
     (dims, sched): (Dims, &Schedule),
     gates: &mut [T],
     st: StepState<'_, T>,
     out: &mut [T],
 ) {
-    let (h, gw, cw, sw) =
-        (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
+    let (h, gw) = (dims.hidden, dims.gate_width());
     let n = sched.active[s];
     let gates = &mut gates[..n * gw];
 
@@ -104,27 +150,55 @@ fn forward_step<T: Real, C: Cell>(
     if s == 0 {
         gates.fill(T::zero());
     } else {
-        let w_t = MatRef::row_major(inp.w_hh, gw, h).t();
+        // Few rows make the product a matrix-vector one, where the row-major weight
+        // (one dot product per gate unit) is the faster layout.
+        let w_t = if n < FEW_ROWS {
+            MatRef::row_major(inp.w_hh, gw, h).t()
+        } else {
+            MatRef::row_major(w_t, h, gw)
+        };
         matmul(gates, false, MatRef::row_major(st.h_prev, n, h), w_t);
     }
 
     // 2. Element-wise cell update, and the new state copied to its output position.
-    vectorized(|| {
-        for i in 0..n {
-            let pos = sched.order[i] * dims.time + sched.time(i, s);
-            C::forward_row(ForwardRow {
-                xp: &inp.xs[pos * gw..][..gw],
-                hh: &gates[i * gw..][..gw],
-                bias: &inp.b_hh[..gw],
+    let rows = ForwardRows::<T, C> { s, inp, dims, sched, gates, st, out, cell: PhantomData };
+    vectorized(rows);
+}
+
+/// The element-wise part of one forward step, over its active rows.
+struct ForwardRows<'a, T, C> {
+    s: usize,
+    inp: Inputs<'a, T>,
+    dims: Dims,
+    sched: &'a Schedule,
+    gates: &'a [T],
+    st: StepState<'a, T>,
+    out: &'a mut [T],
+    cell: PhantomData<C>,
+}
+
+impl<T: Real, C: Cell> VectorLoop for ForwardRows<'_, T, C> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (dims, sched, st) = (self.dims, self.sched, self.st);
+        let (h, gw, cw) = (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden));
+        let sw = C::SAVED * h;
+        for i in 0..sched.active[self.s] {
+            let pos = sched.order[i] * dims.time + sched.time(i, self.s);
+            let row = ForwardRow {
+                xp: self.inp.xs.row(pos, gw),
+                hh: &self.gates[i * gw..][..gw],
+                bias: &self.inp.b_hh[..gw],
                 h_prev: &st.h_prev[i * h..][..h],
                 c_prev: &st.c_prev[i * cw..][..cw],
-                h: &mut st.h[i * h..][..h],
-                c: &mut st.c[i * cw..][..cw],
-                saved: &mut st.saved[i * sw..][..sw],
-            });
-            out[pos * h..][..h].copy_from_slice(&st.h[i * h..][..h]);
+            };
+            let (h_i, c_i) = (&mut st.h[i * h..][..h], &mut st.c[i * cw..][..cw]);
+            C::forward_row(row, h_i, c_i, &mut st.saved[i * sw..][..sw]);
+            self.out[pos * h..][..h].copy_from_slice(&st.h[i * h..][..h]);
         }
-    });
+    }
 }
 
 /// Forward pass keeping every step's state and activations for [`backward`].
@@ -143,6 +217,7 @@ pub(crate) fn forward_train<T: Real, C: Cell>(
     let mut acts = vec![T::zero(); total * sw];
     let zeros = vec![T::zero(); dims.batch * h];
     let mut gates = vec![T::zero(); dims.batch * dims.gate_width()];
+    let w_t = weight_for_steps(inp.w_hh, dims);
 
     for s in 0..sched.steps() {
         let (lo, hi) = (sched.offsets[s], sched.offsets[s + 1]);
@@ -156,7 +231,7 @@ pub(crate) fn forward_train<T: Real, C: Cell>(
             c: &mut cs_rest[..(hi - lo) * cw],
             saved: &mut acts[lo * sw..hi * sw],
         };
-        forward_step::<T, C>(s, inp, (dims, &sched), &mut gates, st, &mut out);
+        forward_step::<T, C>(s, (inp, &w_t), (dims, &sched), &mut gates, st, &mut out);
     }
     (out, Saved { dims, schedule: sched, hs, cs, acts })
 }
@@ -175,6 +250,7 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
         (vec![T::zero(); dims.batch * cw], vec![T::zero(); dims.batch * cw]);
     let mut scratch = vec![T::zero(); dims.batch * sw];
     let mut gates = vec![T::zero(); dims.batch * dims.gate_width()];
+    let w_t = weight_for_steps(inp.w_hh, dims);
 
     for s in 0..sched.steps() {
         let st = StepState {
@@ -184,9 +260,28 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
             c: &mut c_next,
             saved: &mut scratch,
         };
-        forward_step::<T, C>(s, inp, (dims, sched), &mut gates, st, &mut out);
+        forward_step::<T, C>(s, (inp, &w_t), (dims, sched), &mut gates, st, &mut out);
         std::mem::swap(&mut h_prev, &mut h_next);
         std::mem::swap(&mut c_prev, &mut c_next);
+    }
+    out
+}
+
+/// The transpose of a row-major `rows x cols` matrix.
+///
+/// The step product reads `W_hh^T` with unit stride along the gate axis, the layout in
+/// which the `gemm` crate uses the weight without re-packing it at every step.
+fn transpose<T: Real>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const STRIP: usize = 8;
+    let mut out = vec![T::zero(); rows * cols];
+    for c0 in (0..cols).step_by(STRIP) {
+        let width = STRIP.min(cols - c0);
+        for r in 0..rows {
+            // One short contiguous read, scattered over `width` output rows.
+            for (dc, &v) in data[r * cols + c0..][..width].iter().enumerate() {
+                out[(c0 + dc) * rows + r] = v;
+            }
+        }
     }
     out
 }
@@ -195,7 +290,11 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
 ///
 /// `w_hh` is the `(G*H, H)` weight of the forward pass; `d_out` the `(B, T, H)` gradient
 /// of the output (values at padded positions are ignored).
-pub(crate) fn backward<T: Real, C: Cell>(saved: &Saved<T>, w_hh: &[T], d_out: &[T]) -> Grads<T> {
+pub(crate) fn backward<T: Real, C: Cell>(
+    saved: &Saved<T>,
+    w_hh: &[T],
+    d_out: Rows<'_, T>,
+) -> Grads<T> {
     let (dims, sched) = (saved.dims, &saved.schedule);
     let (h, gw) = (dims.hidden, dims.gate_width());
     let (cw, sw) = (cell_width::<C>(h), C::SAVED * h);
@@ -213,26 +312,20 @@ pub(crate) fn backward<T: Real, C: Cell>(saved: &Saved<T>, w_hh: &[T], d_out: &[
         let d_hh_step = &mut d_hh[lo * gw..hi * gw];
 
         // 1. Gate gradients of every active row (and the direct part of dL/dh_{s-1}).
-        vectorized(|| {
-            for i in 0..n {
-                let pos = sched.order[i] * dims.time + sched.time(i, s);
-                C::backward_row(BackwardRow {
-                    dh: &mut dh[i * h..][..h],
-                    d_out: &d_out[pos * h..][..h],
-                    dc: &mut dc[i * cw..][..cw],
-                    saved: &saved.acts[(lo + i) * sw..][..sw],
-                    h: &saved.hs[(lo + i) * h..][..h],
-                    h_prev: &h_prev[i * h..][..h],
-                    c_prev: &c_prev[i * cw..][..cw],
-                    d_xp: &mut d_xs[pos * gw..][..gw],
-                    d_hh: &mut d_hh_step[i * gw..][..gw],
-                });
-            }
-        });
+        let state = StepSaved {
+            h_prev,
+            c_prev,
+            h: &saved.hs[lo * h..],
+            c: &saved.cs[lo * cw..],
+            acts: &saved.acts[lo * sw..],
+        };
+        let grads = StepGrads { dh: &mut dh, dc: &mut dc, d_xs: &mut d_xs, d_hh: d_hh_step };
+        let rows = BackwardRows::<T, C> { s, dims, sched, state, d_out, grads, cell: PhantomData };
+        vectorized(rows);
 
         // 2. dL/dh_{s-1} through the recurrent product (not needed before step 0).
         if s > 0 {
-            let lhs = MatRef::row_major(&d_hh_step[..], n, gw);
+            let lhs = MatRef::row_major(&d_hh[lo * gw..hi * gw], n, gw);
             let accumulate = C::DIRECT_STATE_GRADIENT;
             matmul(&mut dh[..n * h], accumulate, lhs, MatRef::row_major(w_hh, gw, h));
         }
@@ -241,6 +334,63 @@ pub(crate) fn backward<T: Real, C: Cell>(saved: &Saved<T>, w_hh: &[T], d_out: &[
     let d_w_hh = weight_gradient(saved, &d_hh);
     let d_b_hh = column_sums(&d_hh, gw);
     Grads { d_xs, d_w_hh, d_b_hh }
+}
+
+/// Saved values read by one backward step, each starting at the step's first row.
+struct StepSaved<'a, T> {
+    h_prev: &'a [T],
+    c_prev: &'a [T],
+    h: &'a [T],
+    c: &'a [T],
+    acts: &'a [T],
+}
+
+/// Gradient buffers written by one backward step.
+struct StepGrads<'a, T> {
+    /// Carried `dL/dh`, one row per sorted position.
+    dh: &'a mut [T],
+    /// Carried `dL/dc` (LSTM), one row per sorted position.
+    dc: &'a mut [T],
+    /// `(B, T, G*H)` input-projection gradient.
+    d_xs: &'a mut [T],
+    /// Recurrent pre-activation gradients of this step's rows.
+    d_hh: &'a mut [T],
+}
+
+/// The element-wise part of one backward step, over its active rows.
+struct BackwardRows<'a, T, C> {
+    s: usize,
+    dims: Dims,
+    sched: &'a Schedule,
+    state: StepSaved<'a, T>,
+    d_out: Rows<'a, T>,
+    grads: StepGrads<'a, T>,
+    cell: PhantomData<C>,
+}
+
+impl<T: Real, C: Cell> VectorLoop for BackwardRows<'_, T, C> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let (dims, sched, st, g) = (self.dims, self.sched, self.state, self.grads);
+        let (h, gw, cw) = (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden));
+        let sw = C::SAVED * h;
+        for i in 0..sched.active[self.s] {
+            let pos = sched.order[i] * dims.time + sched.time(i, self.s);
+            let row = BackwardRow {
+                d_out: self.d_out.row(pos, h),
+                saved: &st.acts[i * sw..][..sw],
+                h: &st.h[i * h..][..h],
+                h_prev: &st.h_prev[i * h..][..h],
+                c: &st.c[i * cw..][..cw],
+                c_prev: &st.c_prev[i * cw..][..cw],
+            };
+            let (dh, dc) = (&mut g.dh[i * h..][..h], &mut g.dc[i * cw..][..cw]);
+            let (d_xp, d_hh) = (&mut g.d_xs[pos * gw..][..gw], &mut g.d_hh[i * gw..][..gw]);
+            C::backward_row(row, dh, dc, d_xp, d_hh);
+        }
+    }
 }
 
 /// `dW_hh = sum_s d_hh_s^T @ h_{s-1}` as one product; step 0 (zero state) adds nothing.
@@ -268,13 +418,26 @@ fn weight_gradient<T: Real>(saved: &Saved<T>, d_hh: &[T]) -> Vec<T> {
 
 /// Sums of the columns of a row-major matrix with `width` columns.
 fn column_sums<T: Real>(data: &[T], width: usize) -> Vec<T> {
-    let mut sums = vec![T::zero(); width];
-    vectorized(|| {
-        for row in data.chunks_exact(width) {
+    vectorized(ColumnSums { data, width })
+}
+
+/// The loop of [`column_sums`].
+struct ColumnSums<'a, T> {
+    data: &'a [T],
+    width: usize,
+}
+
+impl<T: Real> VectorLoop for ColumnSums<'_, T> {
+    type Output = Vec<T>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<T> {
+        let mut sums = vec![T::zero(); self.width];
+        for row in self.data.chunks_exact(self.width) {
             for (acc, &x) in sums.iter_mut().zip(row) {
                 *acc += x;
             }
         }
-    });
-    sums
+        sums
+    }
 }

@@ -2,7 +2,6 @@
 //! padding and direction semantics. Inputs come from a fixed xorshift generator.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -56,16 +55,13 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
+/// The signature shared by the layer functions.
+type LayerFn =
+    fn(&Tensor, &Tensor, &Tensor, CellKind, &Arc<Vec<usize>>, bool) -> candle_core::Result<Tensor>;
+
 /// Output and gradients of the weighted sum of a layer's output.
 fn run_with_grads(
-    layer: fn(
-        &Tensor,
-        &Tensor,
-        &Tensor,
-        CellKind,
-        &Arc<Vec<usize>>,
-        bool,
-    ) -> candle_core::Result<Tensor>,
+    layer: LayerFn,
     inputs: &[Tensor; 3],
     cell: CellKind,
     lengths: &Arc<Vec<usize>>,
@@ -233,6 +229,50 @@ fn inference_matches_training_forward_without_a_graph() {
 }
 
 #[test]
+fn bidirectional_equals_two_directions_concatenated() {
+    let (b, t, h) = (3, 5, 4);
+    let lengths = Arc::new(vec![5, 2, 4]);
+    let weights =
+        Tensor::from_vec(pseudo_random(b * t * 2 * h, 8, 1.0), (b, t, 2 * h), &Device::Cpu);
+    let weights = weights.unwrap();
+    for cell in CELLS {
+        let gw = cell.gates() * h;
+        let make = |len, seed, shape: &[usize]| {
+            let t = Tensor::from_vec(pseudo_random(len, seed, 1.0), shape, &Device::Cpu);
+            Var::from_tensor(&t.unwrap()).unwrap()
+        };
+        let xs = make(b * t * 2 * gw, 31, &[b, t, 2 * gw]);
+        let w = make(2 * gw * h, 32, &[2, gw, h]);
+        let bias = make(2 * gw, 33, &[2, gw]);
+        let vars = [&xs, &w, &bias];
+        let grads_of = |out: &Tensor| {
+            let grads = weighted_sum(out, &weights).backward().unwrap();
+            vars.map(|v| to_vec(grads.get(v).unwrap()))
+        };
+
+        let halves: Vec<Tensor> = (0..2)
+            .map(|d| {
+                let xs_d = xs.narrow(2, d * gw, gw).unwrap();
+                let (w_d, b_d) = (w.get(d).unwrap(), bias.get(d).unwrap());
+                recurrent_layer(&xs_d, &w_d, &b_d, cell, &lengths, d == 1).unwrap()
+            })
+            .collect();
+        let expected = Tensor::cat(&halves, 2).unwrap();
+        let expected_grads = grads_of(&expected);
+
+        for parallel in [false, true] {
+            let out = bidirectional_layer(&xs, &w, &bias, cell, &lengths, parallel).unwrap();
+            assert!(max_diff(&to_vec(&out), &to_vec(&expected)) < 1e-12, "{cell:?} output");
+            for (which, (g, e)) in grads_of(&out).iter().zip(&expected_grads).enumerate() {
+                assert!(max_diff(g, e) < 1e-12, "{cell:?} parallel={parallel} grad {which}");
+            }
+            let infer = bidirectional_layer_inference(&xs, &w, &bias, cell, &lengths, parallel);
+            assert_eq!(to_vec(&infer.unwrap()), to_vec(&out), "{cell:?} inference");
+        }
+    }
+}
+
+#[test]
 fn bad_shapes_and_lengths_are_rejected() {
     let [xs, w, b] = layer_inputs(CellKind::Gru, (2, 3, 4), 1, DType::F32);
     let err = |lengths: Vec<usize>, cell| {
@@ -242,28 +282,42 @@ fn bad_shapes_and_lengths_are_rejected() {
     assert!(err(vec![3, 4], CellKind::Gru).contains("row 1 has length 4"));
     assert!(err(vec![3], CellKind::Gru).contains("1 lengths given for a batch of 2"));
     assert!(err(vec![3, 3], CellKind::Lstm).contains("shapes do not fit"));
+    let bi = bidirectional_layer(&xs, &w, &b, CellKind::Gru, &Arc::new(vec![3, 3]), false);
+    assert!(bi.unwrap_err().to_string().contains("with 2 direction(s)"));
     let w64 = w.to_dtype(DType::F64).unwrap();
     let mixed = recurrent_layer(&xs, &w64, &b, CellKind::Gru, &Arc::new(vec![3, 3]), false);
     assert!(mixed.unwrap_err().to_string().contains("dtypes differ"));
 }
 
-/// Milliseconds per call of `f`, median of `runs` after two warm-up calls.
-fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    f();
-    let mut times: Vec<f64> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[runs / 2]
+/// Time this thread has run on a CPU, in ns (Linux; the machine is shared, so wall time
+/// overstates what the kernels cost).
+fn thread_cpu_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
+/// Milliseconds of CPU time per call of `f`: the best of five rounds of `runs` calls
+/// each, after two warm-up calls.
+pub(crate) fn time_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    f();
+    (0..5)
+        .map(|_| {
+            let start = thread_cpu_ns();
+            (0..runs).for_each(|_| f());
+            (thread_cpu_ns() - start) as f64 * 1e-6 / runs as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Prints CPU milliseconds per call at the student and teacher sizes. Run with
+/// `RAYON_NUM_THREADS=1 GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:\
+/// glibc.malloc.trim_threshold=4294967295 cargo test --release --lib report_kernel -- \
+/// --ignored --nocapture`: the tunables keep glibc from unmapping and re-faulting the
+/// large buffers on every call (the service binary uses mimalloc, which keeps them), and
+/// one Rayon thread stops Candle's element-wise ops from spinning a second core.
 #[test]
-#[ignore = "timing report, not a test: cargo test --release --lib ml::kernels -- --ignored --nocapture"]
+#[ignore = "timing report, not a test; see the doc comment for how to run it"]
 fn report_kernel_timings() {
     let lengths = Arc::new(vec![32; 64]);
     for (cell, hidden, runs) in [(CellKind::Gru, 64, 50), (CellKind::Lstm, 256, 10)] {
@@ -281,14 +335,44 @@ fn report_kernel_timings() {
             recurrent_layer_inference(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
         });
         let one = Arc::new(vec![32]);
-        let row: Vec<Tensor> = inputs.iter().map(|t| t.clone()).collect();
+        let row: Vec<Tensor> = inputs.to_vec();
         let row_xs = row[0].narrow(0, 0, 1).unwrap().contiguous().unwrap();
         let infer_b1 = time_ms(runs * 10, || {
             recurrent_layer_inference(&row_xs, &row[1], &row[2], cell, &one, false).unwrap();
         });
+        let out = recurrent_layer(&vars[0], &vars[1], &vars[2], cell, &lengths, false).unwrap();
+        let loss = weighted_sum(&out, &weights);
+        let backward = time_ms(runs, || {
+            loss.backward().unwrap();
+        });
+        println!("{cell:?} {hidden}: backward alone {backward:.3} ms");
         println!(
             "{cell:?} {hidden}, B 64, T 32: fwd+bwd {train:.3} ms, fwd (saving) {forward:.3} ms, \
              inference {infer:.3} ms, inference B 1 {infer_b1:.4} ms"
         );
+    }
+    report_bidirectional_timings();
+}
+
+/// Wall time of a bidirectional LSTM 256 layer at batch 64, on one and on two threads
+/// (CPU time would hide the gain).
+fn report_bidirectional_timings() {
+    let (cell, hidden, lengths) = (CellKind::Lstm, 256, Arc::new(vec![32; 64]));
+    let gw = cell.gates() * hidden;
+    let make = |len, shape: &[usize]| {
+        let t = Tensor::from_vec(pseudo_random(len, 4, 0.5), shape, &Device::Cpu).unwrap();
+        Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap()
+    };
+    let xs = make(64 * 32 * 2 * gw, &[64, 32, 2 * gw]);
+    let (w, b) = (make(2 * gw * hidden, &[2, gw, hidden]), make(2 * gw, &[2, gw]));
+    let weights = Tensor::ones((64, 32, 2 * hidden), DType::F32, &Device::Cpu).unwrap();
+    for parallel in [false, true] {
+        let start = std::time::Instant::now();
+        for _ in 0..5 {
+            let out = bidirectional_layer(&xs, &w, &b, cell, &lengths, parallel).unwrap();
+            weighted_sum(&out, &weights).backward().unwrap();
+        }
+        let ms = start.elapsed().as_secs_f64() * 1e3 / 5.0;
+        println!("bidirectional Lstm 256 fwd+bwd, parallel={parallel}: {ms:.1} ms wall");
     }
 }
