@@ -29,12 +29,7 @@ pub struct BenchArgs {
 /// # Errors
 /// An unknown model name or a tensor error.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let workload = Workload {
-        warmup: args.warmup,
-        steps: args.steps,
-        single_steps: args.single_steps,
-        ..Default::default()
-    };
+    let workload = Workload { warmup: args.warmup, steps: args.steps, single_steps: args.single_steps, ..Default::default() };
     let mut out = serde_json::Map::new();
     out.insert("threads".into(), candle_core::utils::get_num_threads().into());
     out.insert("vocab".into(), workload.vocab.into());
@@ -45,9 +40,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let config = match name {
             "student_gru64" => student_config(),
             "teacher_bilstm256x2" => teacher_config(),
-            other => {
-                anyhow::bail!("unknown model `{other}`: use student_gru64 or teacher_bilstm256x2")
-            }
+            other => anyhow::bail!("unknown model `{other}`: use student_gru64 or teacher_bilstm256x2"),
         };
         let figures = run_model(&config, &workload, args.seed)?;
         out.insert(name.to_string(), serde_json::to_value(figures)?);

@@ -40,15 +40,7 @@ pub struct Workload {
 
 impl Default for Workload {
     fn default() -> Self {
-        Self {
-            vocab: 20000,
-            batch: 64,
-            seq_len: 32,
-            classes: 3,
-            warmup: 20,
-            steps: 200,
-            single_steps: 1000,
-        }
+        Self { vocab: 20000, batch: 64, seq_len: 32, classes: 3, warmup: 20, steps: 200, single_steps: 1000 }
     }
 }
 
@@ -101,18 +93,13 @@ pub fn teacher_config() -> ModelConfig {
 ///
 /// # Errors
 /// On tensor errors.
-pub fn run_model(
-    config: &ModelConfig,
-    w: &Workload,
-    seed: u64,
-) -> candle_core::Result<ModelFigures> {
+pub fn run_model(config: &ModelConfig, w: &Workload, seed: u64) -> candle_core::Result<ModelFigures> {
     let device = Device::Cpu;
     let mut rng = Rng::new(seed);
     let total = w.warmup + w.steps;
     let batches: Vec<(Batch, Tensor)> = (0..total)
         .map(|_| {
-            let ids: Vec<u32> =
-                (0..w.batch * w.seq_len).map(|_| rng.below(w.vocab) as u32).collect();
+            let ids: Vec<u32> = (0..w.batch * w.seq_len).map(|_| rng.below(w.vocab) as u32).collect();
             let labels: Vec<u32> = (0..w.batch).map(|_| rng.below(w.classes) as u32).collect();
             let batch = Batch {
                 ids: Tensor::from_vec(ids, (w.batch, w.seq_len), &device)?,
@@ -143,9 +130,7 @@ pub fn run_model(
     }
     let train_s = started.elapsed().as_secs_f64();
 
-    let infer = |batch: &Batch| -> candle_core::Result<Vec<usize>> {
-        argmax_rows(&model.forward(batch, Mode::Eval)?)
-    };
+    let infer = |batch: &Batch| -> candle_core::Result<Vec<usize>> { argmax_rows(&model.forward(batch, Mode::Eval)?) };
     for (batch, _) in &batches[..w.warmup] {
         infer(batch)?;
     }
@@ -158,10 +143,7 @@ pub fn run_model(
     let singles: Vec<Batch> = batches
         .iter()
         .map(|(b, _)| {
-            Ok(Batch {
-                ids: b.ids.narrow(0, 0, 1)?.contiguous()?,
-                lengths: Arc::new(vec![w.seq_len]),
-            })
+            Ok(Batch { ids: b.ids.narrow(0, 0, 1)?.contiguous()?, lengths: Arc::new(vec![w.seq_len]) })
         })
         .collect::<candle_core::Result<_>>()?;
     for batch in singles.iter().take(w.warmup) {

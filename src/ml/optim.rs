@@ -387,12 +387,7 @@ fn update_in_place<T: Real>(
     coef: &Coefficients,
 ) -> candle_core::Result<f64> {
     let grad = grad.contiguous()?;
-    let op = InPlaceUpdate {
-        m: RefCell::new(m),
-        v: RefCell::new(v),
-        coef: *coef,
-        sum_sq: Cell::new(0.0),
-    };
+    let op = InPlaceUpdate { m: RefCell::new(m), v: RefCell::new(v), coef: *coef, sum_sq: Cell::new(0.0) };
     var.as_tensor()
         .inplace_op2(&grad, &op)
         .map_err(|_| candle_core::Error::from(OptimError::Layout { name: name.to_string() }))?;
@@ -529,27 +524,21 @@ mod tests {
         let (a, b) = start_values();
         let a = Tensor::from_vec(a, (3, 4), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
         let b = Tensor::from_vec(b, 5, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        vec![
-            ("a".into(), Var::from_tensor(&a).unwrap()),
-            ("b".into(), Var::from_tensor(&b).unwrap()),
-        ]
+        vec![("a".into(), Var::from_tensor(&a).unwrap()), ("b".into(), Var::from_tensor(&b).unwrap())]
     }
 
     /// Gradients of `sum((x - 0.3)^2) * 1.5` over the variables: `3 * (x - 0.3)`.
     fn grads(vars: &[(String, Var)]) -> GradStore {
         let loss = vars
             .iter()
-            .map(|(_, v)| {
-                v.as_tensor().affine(1.0, -0.3).unwrap().sqr().unwrap().sum_all().unwrap()
-            })
+            .map(|(_, v)| v.as_tensor().affine(1.0, -0.3).unwrap().sqr().unwrap().sum_all().unwrap())
             .reduce(|x, y| (x + y).unwrap())
             .unwrap();
         loss.affine(1.5, 0.0).unwrap().backward().unwrap()
     }
 
     fn values(vars: &[(String, Var)]) -> Vec<f64> {
-        let flat =
-            |v: &Var| v.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let flat = |v: &Var| v.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         vars.iter().flat_map(|(_, v)| flat(v)).collect::<Vec<f64>>()
     }
 
@@ -606,9 +595,7 @@ mod tests {
             let state: HashMap<String, Tensor> = opt.state().unwrap().into_iter().collect();
             let copies: Vec<(String, Var)> = vars
                 .iter()
-                .map(|(n, v)| {
-                    (n.clone(), Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap())
-                })
+                .map(|(n, v)| (n.clone(), Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap()))
                 .collect();
             let mut resumed = AdamW::with_path(copies.clone(), HP, in_place).unwrap();
             resumed.load_state(&state).unwrap();
@@ -641,8 +628,7 @@ mod tests {
     #[ignore = "timing report, not a test: cargo test --release --lib ml::optim -- --ignored --nocapture"]
     fn report_adamw_step_time() {
         let data: Vec<f32> = (0..20_000 * 64).map(|i| (i as f32 * 1e-3).sin()).collect();
-        let var =
-            Var::from_tensor(&Tensor::from_vec(data, (20_000, 64), &Device::Cpu).unwrap()).unwrap();
+        let var = Var::from_tensor(&Tensor::from_vec(data, (20_000, 64), &Device::Cpu).unwrap()).unwrap();
         let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
         let store = loss.backward().unwrap();
         let mut opt = AdamW::new(vec![("emb".into(), var)], AdamWParams::default()).unwrap();

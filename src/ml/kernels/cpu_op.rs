@@ -60,10 +60,7 @@ impl<T: Real> SequenceOp<T> {
 }
 
 /// The contiguous elements of a CPU tensor of type `T`.
-fn cpu_slice<'a, T: Real>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<&'a [T]> {
+fn cpu_slice<'a, T: Real>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [T]> {
     let data = T::cpu_storage_as_slice(storage)?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
@@ -98,8 +95,7 @@ impl<T: Real> CustomOp3 for SequenceOp<T> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let inp =
-            Inputs { xs: cpu_slice(s1, l1)?, w_hh: cpu_slice(s2, l2)?, b_hh: cpu_slice(s3, l3)? };
+        let inp = Inputs { xs: cpu_slice(s1, l1)?, w_hh: cpu_slice(s2, l2)?, b_hh: cpu_slice(s3, l3)? };
         let dims = self.dims(l1, l2);
         let sched = Schedule::new(&self.lengths, self.reverse);
 
@@ -122,8 +118,7 @@ impl<T: Real> CustomOp3 for SequenceOp<T> {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard =
-            self.saved.lock().map_err(|_| candle_core::Error::wrap(KernelError::Poisoned))?;
+        let guard = self.saved.lock().map_err(|_| candle_core::Error::wrap(KernelError::Poisoned))?;
         let saved = guard.as_ref().ok_or(candle_core::Error::wrap(KernelError::NoForwardState))?;
 
         let grads = with_tensor_slice::<T, _>(w_hh, |w| {

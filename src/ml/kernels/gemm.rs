@@ -54,12 +54,7 @@ impl<'a, T> MatRef<'a, T> {
 /// # Panics
 /// When the shapes disagree or a view addresses elements outside its slice (a bug in the
 /// caller, checked because the product reads and writes through raw pointers).
-pub(crate) fn matmul<T: Real>(
-    dst: &mut [T],
-    accumulate: bool,
-    lhs: MatRef<'_, T>,
-    rhs: MatRef<'_, T>,
-) {
+pub(crate) fn matmul<T: Real>(dst: &mut [T], accumulate: bool, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions of a matrix product differ");
     assert!(dst.len() >= m * n, "product destination too small");

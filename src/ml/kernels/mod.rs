@@ -181,9 +181,7 @@ fn run_fused(
     let (xs, w, b) = (xs_proj.contiguous()?, w_hh.contiguous()?, b_hh.contiguous()?);
     let lengths = Arc::clone(lengths);
     match (xs.dtype(), keep) {
-        (DType::F64, true) => {
-            xs.apply_op3(&w, &b, SequenceOp::<f64>::new(cell, lengths, reverse, true))
-        }
+        (DType::F64, true) => xs.apply_op3(&w, &b, SequenceOp::<f64>::new(cell, lengths, reverse, true)),
         (DType::F64, false) => {
             xs.apply_op3_no_bwd(&w, &b, &SequenceOp::<f64>::new(cell, lengths, reverse, false))
         }

@@ -65,8 +65,7 @@ fn run_forward(
 
     for t in 0..steps {
         let mask: Vec<u8> = lengths.iter().map(|&len| u8::from(t < len)).collect();
-        let mask =
-            Tensor::from_vec(mask, (batch, 1), xs_proj.device())?.to_dtype(xs_proj.dtype())?;
+        let mask = Tensor::from_vec(mask, (batch, 1), xs_proj.device())?.to_dtype(xs_proj.dtype())?;
         let xp = xs_proj.narrow(1, t, 1)?.squeeze(1)?;
         let hh = h.matmul(&w_t)?.broadcast_add(b_hh)?;
         let (h_new, c_new) = step(cell, &xp, &hh, &h, &c)?;

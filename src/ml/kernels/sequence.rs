@@ -95,8 +95,7 @@ fn forward_step<T: Real, C: Cell>(
     st: StepState<'_, T>,
     out: &mut [T],
 ) {
-    let (h, gw, cw, sw) =
-        (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
+    let (h, gw, cw, sw) = (dims.hidden, dims.gate_width(), cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
     let n = sched.active[s];
     let gates = &mut gates[..n * gw];
 
@@ -169,8 +168,7 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
 ) -> Vec<T> {
     let (h, cw, sw) = (dims.hidden, cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
     let mut out = vec![T::zero(); dims.batch * dims.time * h];
-    let (mut h_prev, mut h_next) =
-        (vec![T::zero(); dims.batch * h], vec![T::zero(); dims.batch * h]);
+    let (mut h_prev, mut h_next) = (vec![T::zero(); dims.batch * h], vec![T::zero(); dims.batch * h]);
     let (mut c_prev, mut c_next) =
         (vec![T::zero(); dims.batch * cw], vec![T::zero(); dims.batch * cw]);
     let mut scratch = vec![T::zero(); dims.batch * sw];

@@ -24,12 +24,7 @@ fn pseudo_random(len: usize, seed: u64, scale: f64) -> Vec<f64> {
 }
 
 /// `xs_proj (B, T, G*H)`, `w_hh (G*H, H)`, `b_hh (G*H)` as plain tensors.
-fn layer_inputs(
-    cell: CellKind,
-    dims: (usize, usize, usize),
-    seed: u64,
-    dtype: DType,
-) -> [Tensor; 3] {
+fn layer_inputs(cell: CellKind, dims: (usize, usize, usize), seed: u64, dtype: DType) -> [Tensor; 3] {
     let (b, t, h) = dims;
     let gh = cell.gates() * h;
     let make = |len, seed, scale, shape: &[usize]| {
@@ -58,14 +53,7 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
 
 /// Output and gradients of the weighted sum of a layer's output.
 fn run_with_grads(
-    layer: fn(
-        &Tensor,
-        &Tensor,
-        &Tensor,
-        CellKind,
-        &Arc<Vec<usize>>,
-        bool,
-    ) -> candle_core::Result<Tensor>,
+    layer: fn(&Tensor, &Tensor, &Tensor, CellKind, &Arc<Vec<usize>>, bool) -> candle_core::Result<Tensor>,
     inputs: &[Tensor; 3],
     cell: CellKind,
     lengths: &Arc<Vec<usize>>,
@@ -85,10 +73,8 @@ fn fused_gradients_match_finite_differences_in_f64() {
     for cell in CELLS {
         for reverse in [false, true] {
             let inputs = layer_inputs(cell, dims, 7, DType::F64);
-            let weights =
-                Tensor::from_vec(pseudo_random(36, 99, 1.0), (3, 4, 3), &Device::Cpu).unwrap();
-            let (_, grads) =
-                run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
+            let weights = Tensor::from_vec(pseudo_random(36, 99, 1.0), (3, 4, 3), &Device::Cpu).unwrap();
+            let (_, grads) = run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
 
             for (which, grad) in grads.iter().enumerate() {
                 let base = to_vec(&inputs[which]);
@@ -96,10 +82,8 @@ fn fused_gradients_match_finite_differences_in_f64() {
                     let mut data = base.clone();
                     data[k] += delta;
                     let mut args = inputs.clone();
-                    args[which] =
-                        Tensor::from_vec(data, inputs[which].shape(), &Device::Cpu).unwrap();
-                    let out =
-                        recurrent_layer(&args[0], &args[1], &args[2], cell, &lengths, reverse);
+                    args[which] = Tensor::from_vec(data, inputs[which].shape(), &Device::Cpu).unwrap();
+                    let out = recurrent_layer(&args[0], &args[1], &args[2], cell, &lengths, reverse);
                     weighted_sum(&out.unwrap(), &weights).to_scalar::<f64>().unwrap()
                 };
                 for (k, &g) in grad.iter().enumerate() {
@@ -126,16 +110,9 @@ fn fused_f32_matches_reference_outputs_and_gradients_on_mixed_lengths() {
         for cell in CELLS {
             for reverse in [false, true] {
                 let inputs = layer_inputs(cell, dims, 11, DType::F32);
-                let (out, grads) =
-                    run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
-                let (ref_out, ref_grads) = run_with_grads(
-                    recurrent_layer_reference,
-                    &inputs,
-                    cell,
-                    &lengths,
-                    reverse,
-                    &weights,
-                );
+                let (out, grads) = run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
+                let (ref_out, ref_grads) =
+                    run_with_grads(recurrent_layer_reference, &inputs, cell, &lengths, reverse, &weights);
                 assert!(max_diff(&out, &ref_out) < 1e-5, "{cell:?} reverse={reverse} outputs");
                 for (which, (g, r)) in grads.iter().zip(&ref_grads).enumerate() {
                     let scale = 1.0 + r.iter().fold(0f64, |m, x| m.max(x.abs()));
@@ -157,8 +134,7 @@ fn rows_are_the_same_alone_or_padded_and_zero_past_their_length() {
             let batch_out = recurrent_layer(&xs, &w, &bias, cell, &lengths, reverse).unwrap();
             for (row, &len) in lengths.iter().enumerate() {
                 let alone_xs = xs.narrow(0, row, 1).unwrap().narrow(1, 0, len).unwrap();
-                let alone =
-                    recurrent_layer(&alone_xs, &w, &bias, cell, &Arc::new(vec![len]), reverse);
+                let alone = recurrent_layer(&alone_xs, &w, &bias, cell, &Arc::new(vec![len]), reverse);
                 let in_batch = batch_out.narrow(0, row, 1).unwrap();
                 let real = to_vec(&in_batch.narrow(1, 0, len).unwrap());
                 assert!(max_diff(&real, &to_vec(&alone.unwrap())) < 1e-12, "{cell:?} row {row}");
@@ -176,8 +152,7 @@ fn no_gradient_reaches_padded_inputs() {
         for reverse in [false, true] {
             let inputs = layer_inputs(cell, (3, 5, 4), 21, DType::F32);
             let ones = Tensor::ones((3, 5, 4), DType::F32, &Device::Cpu).unwrap();
-            let (_, grads) =
-                run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &ones);
+            let (_, grads) = run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &ones);
             let gw = cell.gates() * 4;
             for (row, &len) in lengths.iter().enumerate() {
                 let padded = &grads[0][(row * 5 + len) * gw..(row + 1) * 5 * gw];
