@@ -227,6 +227,13 @@ async fn an_api_and_two_workers_share_one_queue_and_survive_a_killed_worker() {
     let api = cluster.client();
     let (status, _) = api.get("/ready").await;
     assert_eq!(status, 200, "the API process is ready with no training workers");
+    for worker in &cluster.workers {
+        let client = reqwest::Client::new();
+        let health = client.get(format!("{}/health", worker.base)).send().await.unwrap();
+        assert_eq!(health.status(), 200, "a worker answers /health");
+        let jobs = client.get(format!("{}/v1/jobs", worker.base)).send().await.unwrap();
+        assert_eq!(jobs.status(), 404, "a worker has no public API");
+    }
 
     let models = several_jobs_finish_exactly_once(&cluster, &api).await;
     a_killed_workers_job_is_finished_by_the_other(&mut cluster, &api).await;
