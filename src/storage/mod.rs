@@ -389,6 +389,31 @@ mod tests {
         assert!(matches!(Storage::open(&bad), Err(StorageError::UnsupportedUrl(_))));
     }
 
+    /// On a real S3-compatible server when `DISTILLERY_TEST_S3_ENDPOINT` and
+    /// `DISTILLERY_TEST_S3_BUCKET` are set (`.ci/run` starts one), under a fresh prefix.
+    #[tokio::test]
+    async fn s3_round_trip_when_a_server_is_given() {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (Some(endpoint), Some(bucket)) =
+            (var("DISTILLERY_TEST_S3_ENDPOINT"), var("DISTILLERY_TEST_S3_BUCKET"))
+        else {
+            eprintln!("skipped: set DISTILLERY_TEST_S3_ENDPOINT and DISTILLERY_TEST_S3_BUCKET");
+            return;
+        };
+        let config = StorageConfig {
+            url: format!("s3://{bucket}/storage-test-{}", uuid::Uuid::now_v7().simple()),
+            s3_allow_http: endpoint.starts_with("http://"),
+            s3_endpoint: Some(endpoint),
+            s3_region: Some(var("DISTILLERY_TEST_S3_REGION").unwrap_or("us-east-1".into())),
+            s3_access_key_id: Some(
+                var("DISTILLERY_TEST_S3_ACCESS_KEY_ID").unwrap_or("test".into()),
+            ),
+            s3_secret_access_key: var("DISTILLERY_TEST_S3_SECRET_ACCESS_KEY")
+                .or(Some("test".into())),
+        };
+        round_trip(&Storage::open(&config).unwrap()).await;
+    }
+
     #[test]
     fn s3_urls_build_without_contacting_the_server() {
         let config = StorageConfig {
