@@ -14,7 +14,8 @@ docs/benchmarks.md.
 
 Environment: TORCH_PYTHON (python with torch; default ~/venvs/torch/bin/python, then
 python3), TORCH_BENCH (the reference script; default ../shared/bench/torch_microbench.py from
-the repository root), CARGO_TARGET_DIR (where cargo builds).
+the repository root), CARGO_TARGET_DIR (where cargo builds), DISTILLERY_BIN (a prebuilt
+binary to measure instead; implies nothing is built).
 """
 import argparse
 import json
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,8 +38,9 @@ FIGURES = ["train_examples_per_s", "infer_b64_examples_per_s", "infer_b1_example
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of models to run")
     p.add_argument("--threads", default="1,2", help="Candle thread counts to try (comma list)")
-    p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument("--torch-threads", default="1,2", help="PyTorch thread counts to try")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--single-steps", type=int, default=1000)
@@ -53,6 +56,8 @@ def parse_args():
 
 
 def binary_path():
+    if os.environ.get("DISTILLERY_BIN"):
+        return Path(os.environ["DISTILLERY_BIN"])
     target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
     return Path(target) / "release" / "distillery"
 
@@ -99,7 +104,7 @@ def run_json(cmd, env, timeout):
 
 
 def workload_flags(args):
-    return ["--steps", str(args.steps), "--warmup", str(args.warmup),
+    return ["--models", args.models, "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--single-steps", str(args.single_steps)]
 
 
@@ -108,45 +113,49 @@ def ours_cmd(args):
     return cmd + (["--gemm-ms", str(args.gemm_ms)] if args.gemm_ms else [])
 
 
-def run_rounds(args, threads, torch):
-    """Alternates the runs; returns {'ours': {t: [results]}, 'torch': [results]}."""
-    runs = {"ours": {t: [] for t in threads}, "torch": []}
+def run_rounds(args, threads, torch_threads, torch):
+    """Alternates the runs: {'ours': {t: [results]}, 'torch': {t: [results]}}."""
+    runs = {"ours": {t: [] for t in threads}, "torch": {t: [] for t in torch_threads}}
     for r in range(args.rounds):
-        order = [("ours", t) for t in threads]
-        order.insert(1 if len(order) > 1 else 1, ("torch", None))
+        ours = [("ours", t) for t in threads]
+        theirs = [("torch", t) for t in torch_threads] if torch else []
+        order = [v for pair in zip_longest(ours, theirs) for v in pair if v]
         if r % 2 == 1:
             order.reverse()
         for side, t in order:
-            if side == "torch" and torch is None:
-                continue
-            label = f"round {r + 1}/{args.rounds}: " + (f"ours, {t} thread(s)" if side == "ours"
-                                                          else "pytorch")
-            print(label, file=sys.stderr, flush=True)
+            print(f"round {r + 1}/{args.rounds}: {side}, {t} thread(s)", file=sys.stderr,
+                  flush=True)
             if side == "ours":
                 env = {**os.environ, "RAYON_NUM_THREADS": str(t)}
                 runs["ours"][t].append(run_json(ours_cmd(args), env, args.timeout))
             else:
                 python, script = torch
-                cmd = [python, str(script), *workload_flags(args),
-                       "--threads", str(args.torch_threads)]
-                runs["torch"].append(run_json(cmd, dict(os.environ), args.timeout))
+                cmd = [python, str(script), *workload_flags(args), "--threads", str(t)]
+                runs["torch"][t].append(run_json(cmd, dict(os.environ), args.timeout))
     return runs
 
 
+def best_of(side_runs, model, fig):
+    """Per thread count: the runs' figures; the medians; the thread count of the best."""
+    values = {t: [run[model][fig] for run in rs] for t, rs in side_runs.items() if rs}
+    medians = {t: statistics.median(v) for t, v in values.items()}
+    best = max(medians, key=medians.get) if medians else None
+    return values, medians, best
+
+
 def summarize(runs, threads):
-    """Medians per figure, the best thread count per figure, and paired median ratios."""
+    """Medians per figure, each side at its best thread count, and paired median ratios."""
     summary = {}
-    for model in MODELS:
+    for model in [m for m in MODELS if m in runs_models(runs)]:
         for fig in FIGURES:
-            ours = {t: [run[model][fig] for run in runs["ours"][t]] for t in threads}
-            medians = {t: statistics.median(v) for t, v in ours.items()}
-            best = max(medians, key=medians.get)
+            ours, medians, best = best_of(runs["ours"], model, fig)
             entry = {"ours_median_by_threads": medians, "threads": best,
                      "ours_median": medians[best], "ours_runs": ours[best]}
-            theirs = [run[model][fig] for run in runs["torch"]]
-            if theirs:
-                ratios = [a / b for a, b in zip(ours[best], theirs)]
-                entry.update(torch_median=statistics.median(theirs), torch_runs=theirs,
+            theirs, t_medians, t_best = best_of(runs["torch"], model, fig)
+            if t_best is not None:
+                ratios = [a / b for a, b in zip(ours[best], theirs[t_best])]
+                entry.update(torch_median=t_medians[t_best], torch_threads=t_best,
+                             torch_median_by_threads=t_medians, torch_runs=theirs[t_best],
                              ratio_median=statistics.median(ratios), ratios=ratios)
             summary[f"{model}.{fig}"] = entry
         gemm = [run[model].get("gemm") for t in threads for run in runs["ours"][t]]
@@ -154,6 +163,11 @@ def summarize(runs, threads):
         if gemm:
             summary[f"{model}.gemm"] = gemm_summary(gemm, runs, model, threads)
     return summary
+
+
+def runs_models(runs):
+    first = next(iter(runs["ours"].values()))
+    return set(first[0]) if first else set()
 
 
 def gemm_summary(reports, runs, model, threads):
@@ -181,7 +195,8 @@ def print_table(summary, threads):
         torch_med = f"{e['torch_median']:10.0f}" if "torch_median" in e else f"{'-':>10}"
         ratio = f"{e['ratio_median']:7.2f}" if "ratio_median" in e else f"{'-':>7}"
         by_t = ", ".join(f"{t}:{v:.0f}" for t, v in e["ours_median_by_threads"].items())
-        print(f"{key:48} {e['ours_median']:10.0f} {torch_med} {ratio}  {e['threads']} ({by_t})")
+        t_by = ", ".join(f"{t}:{v:.0f}" for t, v in e.get("torch_median_by_threads", {}).items())
+        print(f"{key:48} {e['ours_median']:10.0f} {torch_med} {ratio}  ours {by_t}; torch {t_by}")
     for key, e in summary.items():
         if key.endswith(".gemm"):
             for t, g in e["by_threads"].items():
@@ -192,7 +207,7 @@ def print_table(summary, threads):
 def main():
     args = parse_args()
     threads = [int(t) for t in args.threads.split(",")]
-    if not args.no_build:
+    if not args.no_build and not os.environ.get("DISTILLERY_BIN"):
         build()
     python, torch_version = torch_python()
     script = torch_script()
@@ -203,7 +218,8 @@ def main():
     machine = benchdoc.machine_info()
     machine["torch"] = torch_version
     started = time.time()
-    runs = run_rounds(args, threads, torch)
+    torch_threads = [int(t) for t in args.torch_threads.split(",")]
+    runs = run_rounds(args, threads, torch_threads, torch)
     summary = summarize(runs, threads)
     machine["load_after"] = os.getloadavg()
     print_table(summary, threads)

@@ -100,16 +100,16 @@ def microbench_section(result):
         "## Micro-benchmark: distillery against PyTorch",
         "",
         f"`{result['command'].strip()}`: {st['rounds']} rounds, each running our benchmark "
-        f"with Candle thread counts {st['threads']} and the PyTorch reference "
-        f"({st['torch_threads']} threads) in alternating order; {st['steps']} training steps, "
-        f"{st['single_steps']} single predictions. Examples/s, medians; the ratio is the "
-        "median of the per-round ratios ours/PyTorch, ours at the faster thread count for "
-        "that figure.",
+        f"with Candle thread counts {st['threads']} and the PyTorch reference with "
+        f"{st['torch_threads']} threads, in alternating order; {st['steps']} training "
+        f"steps, {st['single_steps']} single predictions. Examples/s, medians; each side at "
+        "its faster thread count for that figure; the ratio is the median of the per-round "
+        "ratios ours/PyTorch.",
         "",
         *machine_section(result),
         "",
-        "| model | figure | distillery | threads | PyTorch | ratio | target |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | figure | distillery | threads | PyTorch | threads | ratio | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, e in s.items():
         if key.endswith(".gemm"):
@@ -120,24 +120,32 @@ def microbench_section(result):
         mark = "" if target is None or ratio is None else (" ok" if ratio >= target else " **no**")
         lines.append(
             f"| {NAMES[model]} | {NAMES[fig]} | {fmt(e['ours_median'])} | {e['threads']} | "
-            f"{fmt(e.get('torch_median'))} | {fmt(ratio, 2)} | "
+            f"{fmt(e.get('torch_median'))} | {e.get('torch_threads', '-')} | {fmt(ratio, 2)} | "
             f"{'-' if target is None else f'>= {target}'}{mark} |")
-    lines += ["", "Our medians by Candle thread count (`RAYON_NUM_THREADS`):", "",
-              "| model | figure | " + " | ".join(f"{t} thread(s)" for t in st_threads(st))
-              + " |", "|---|---|" + "---:|" * len(st_threads(st))]
+    lines += ["", "Medians by thread count (ours: `RAYON_NUM_THREADS`; PyTorch: "
+              "`torch.set_num_threads`):", "",
+              "| model | figure | " + " | ".join(f"ours {t}" for t in st_threads(st, "threads"))
+              + " | " + " | ".join(f"PyTorch {t}" for t in st_threads(st, "torch_threads"))
+              + " |", "|---|---|" + "---:|" * (len(st_threads(st, "threads"))
+                                             + len(st_threads(st, "torch_threads")))]
     for key, e in s.items():
         if key.endswith(".gemm"):
             continue
         model, fig = key.split(".")
-        cells = " | ".join(fmt(e["ours_median_by_threads"].get(str(t),
-                                                                e["ours_median_by_threads"].get(t)))
-                           for t in st_threads(st))
-        lines.append(f"| {NAMES[model]} | {NAMES[fig]} | {cells} |")
+        cells = [by_threads(e["ours_median_by_threads"], t) for t in st_threads(st, "threads")]
+        cells += [by_threads(e.get("torch_median_by_threads", {}), t)
+                  for t in st_threads(st, "torch_threads")]
+        lines.append(f"| {NAMES[model]} | {NAMES[fig]} | {' | '.join(cells)} |")
     return lines + [""] + gemm_section(s)
 
 
-def st_threads(settings):
-    return [int(t) for t in str(settings["threads"]).split(",")]
+def st_threads(settings, key):
+    return [int(t) for t in str(settings[key]).split(",")]
+
+
+def by_threads(medians, t):
+    """A median by thread count; JSON turned the integer keys into strings."""
+    return fmt(medians.get(str(t), medians.get(t)))
 
 
 def gemm_section(summary):
