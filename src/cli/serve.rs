@@ -104,8 +104,10 @@ pub struct TrainingArgs {
     /// Jobs trained at once by this process; 0 serves the API only.
     #[arg(long, env = "DISTILLERY_WORKERS", default_value_t = 1)]
     pub workers: usize,
-    /// Most CPU threads one training step may use; 0 uses every core.
-    #[arg(long, env = "DISTILLERY_TRAIN_THREADS", default_value_t = 0)]
+    /// CPU threads of Candle's kernels in this process (training and prediction); 0 uses
+    /// every core. One is fastest for these small models and keeps Candle's spinning
+    /// worker threads from taking CPU away from serving (docs/benchmarks.md).
+    #[arg(long, env = "DISTILLERY_TRAIN_THREADS", default_value_t = 1)]
     pub train_threads: usize,
     /// Seconds a claimed job's lease lasts without renewal; after that, another worker
     /// (or this one after a restart) takes the job up again.
