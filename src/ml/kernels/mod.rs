@@ -17,6 +17,7 @@
 //!   padded positions `t >= len`, from which no gradient flows.
 
 mod activation;
+pub(crate) mod adam;
 mod bidirectional;
 mod cell;
 mod cpu_op;
@@ -29,7 +30,7 @@ mod schedule;
 mod sequence;
 mod simd;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 
@@ -42,7 +43,6 @@ use crate::ml::config::CellKind;
 use cpu_op::SequenceOp;
 
 pub(crate) use activation::Real;
-pub(crate) use simd::{vectorized, VectorLoop};
 
 /// Bad arguments to a recurrent kernel, or a broken internal state.
 #[derive(Debug, thiserror::Error)]
