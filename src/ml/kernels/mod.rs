@@ -1,4 +1,5 @@
-//! Speed-critical recurrent kernels: one whole recurrent layer direction as a single op.
+//! Speed-critical CPU kernels of the training core: recurrent layers as single ops, and
+//! the element loops of the fused AdamW step (`adam.rs`, used by [`crate::ml::optim`]).
 //!
 //! The model code projects the inputs of every step with one matrix product
 //! (`xs_proj = x @ W_ih^T + b_ih`, shape `(B, T, G*H)`) and hands the recurrence to
@@ -7,9 +8,16 @@
 //! sequence; anywhere else (CUDA, other dtypes) it is [`recurrent_layer_reference`], the
 //! same computation in plain tensor ops stepped in time, which also serves as the test
 //! oracle. [`recurrent_layer_inference`] skips everything only training needs.
-//! [`bidirectional_layer`] runs both directions of a layer as one op, on two threads.
+//! [`bidirectional_layer`] runs both directions of a layer as one op, optionally on two
+//! threads.
 //!
-//! Semantics shared by all three (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
+//! Speed notes: rows are sorted by length so each step is one matrix product over the
+//! rows still running (`schedule.rs`); products use the `gemm` crate on the calling
+//! thread; element-wise loops use a fast `f32` sigmoid/tanh and run with AVX2 when the CPU
+//! has it (`simd.rs`). Large buffers are allocated per call, so the binary should use a
+//! caching allocator (mimalloc) rather than glibc's, which unmaps and re-faults them.
+//!
+//! Semantics shared by all of them (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
 //! - every row starts from zero state; row `b` has `lengths[b]` real steps, `1..=T`;
 //! - forward direction reads steps `0..len`, `reverse` reads `len-1` down to `0`, so a
 //!   reverse layer starts at each row's own last real token;

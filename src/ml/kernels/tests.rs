@@ -77,12 +77,13 @@ fn run_with_grads(
 
 #[test]
 fn fused_gradients_match_finite_differences_in_f64() {
-    let (dims, lengths) = ((3, 4, 3), Arc::new(vec![4, 2, 3]));
+    // Five rows: steps with four or more active rows take the transposed-weight product.
+    let (dims, lengths) = ((5, 4, 3), Arc::new(vec![4, 2, 3, 4, 1]));
     for cell in CELLS {
         for reverse in [false, true] {
             let inputs = layer_inputs(cell, dims, 7, DType::F64);
             let weights =
-                Tensor::from_vec(pseudo_random(36, 99, 1.0), (3, 4, 3), &Device::Cpu).unwrap();
+                Tensor::from_vec(pseudo_random(60, 99, 1.0), (5, 4, 3), &Device::Cpu).unwrap();
             let (_, grads) =
                 run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
 
