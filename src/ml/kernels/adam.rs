@@ -52,6 +52,64 @@ pub(crate) fn adam_update<T: Real>(
     vectorized(AdamLoop { param, grad, m, v, c: Scalars::new(coef) })
 }
 
+/// [`adam_update`] on a `(rows, width)` table whose gradient is zero except on the rows
+/// `ids` (sorted, unique), whose gradients are the rows of `grad_rows`; returns the sum of
+/// squares of those rows.
+///
+/// Every row is updated, through the same element code with a zero gradient elsewhere,
+/// so the result is bit for bit that of [`adam_update`] with the dense gradient; only
+/// the dense gradient itself is never built.
+///
+/// # Panics
+/// When the buffers differ in length, or `grad_rows` does not hold one row per id.
+pub(crate) fn adam_update_rows<T: Real>(
+    (param, m, v): (&mut [T], &mut [T], &mut [T]),
+    (ids, grad_rows): (&[usize], &[T]),
+    width: usize,
+    coef: &AdamCoefficients,
+) -> f64 {
+    let n = param.len();
+    assert!(m.len() == n && v.len() == n && width > 0 && n % width == 0, "adam buffers differ");
+    assert_eq!(grad_rows.len(), ids.len() * width, "one gradient row per id");
+    let zero = vec![T::zero(); width];
+    let c = Scalars::new(coef);
+    vectorized(AdamRowsLoop { param, m, v, ids, grad_rows, zero: &zero, c })
+}
+
+/// The loop of [`adam_update_rows`].
+struct AdamRowsLoop<'a, T> {
+    param: &'a mut [T],
+    m: &'a mut [T],
+    v: &'a mut [T],
+    ids: &'a [usize],
+    grad_rows: &'a [T],
+    /// One row of zeros, the gradient of rows not in `ids`.
+    zero: &'a [T],
+    c: Scalars<T>,
+}
+
+impl<T: Real> VectorLoop for AdamRowsLoop<'_, T> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn run(self) -> f64 {
+        let width = self.zero.len();
+        let (mut next, mut total) = (0, 0.0);
+        for r in 0..self.param.len() / width {
+            let mut g = self.zero;
+            if next < self.ids.len() && self.ids[next] == r {
+                g = &self.grad_rows[next * width..][..width];
+                total += block_sum_sq(g).to_f64();
+                next += 1;
+            }
+            let range = r * width..(r + 1) * width;
+            let (p, m) = (&mut self.param[range.clone()], &mut self.m[range.clone()]);
+            update_block(p, g, m, &mut self.v[range], &self.c);
+        }
+        total
+    }
+}
+
 /// Sum of squares of `data`, accumulated in `T` within blocks and in `f64` across them.
 pub(crate) fn sum_of_squares<T: Real>(data: &[T]) -> f64 {
     vectorized(SumOfSquares(data))
@@ -171,6 +229,35 @@ fn update_block<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], c: &Sca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_update_equals_dense_update_bit_for_bit() {
+        let (rows, width) = (7, 3);
+        let init: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (ids, grad_rows) =
+            (vec![1, 4, 6], vec![0.5f32, -1.0, 2.0, 0.1, 0.2, 0.3, -3.0, 1.0, 0.0]);
+        let mut dense = vec![0f32; rows * width];
+        for (k, &id) in ids.iter().enumerate() {
+            dense[id * width..][..width].copy_from_slice(&grad_rows[k * width..][..width]);
+        }
+        let coef = AdamCoefficients {
+            scale: 0.7,
+            beta1: 0.9,
+            beta2: 0.99,
+            decay: 0.999,
+            step_size: 0.01,
+            inv_sqrt_bc2: 3.0,
+            eps: 1e-8,
+        };
+        let (mut p1, mut m1, mut v1) = (init.clone(), init.clone(), vec![0.5f32; rows * width]);
+        let (mut p2, mut m2, mut v2) = (p1.clone(), m1.clone(), v1.clone());
+        for _ in 0..3 {
+            let a = adam_update(&mut p1, &dense, &mut m1, &mut v1, &coef);
+            let b = adam_update_rows((&mut p2, &mut m2, &mut v2), (&ids, &grad_rows), width, &coef);
+            assert!((a - b).abs() < 1e-6 * a);
+        }
+        assert_eq!((p1, m1, v1), (p2, m2, v2));
+    }
 
     #[test]
     fn sum_of_squares_is_accurate_over_many_blocks() {

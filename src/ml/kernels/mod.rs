@@ -26,6 +26,7 @@
 
 mod activation;
 pub(crate) mod adam;
+pub(crate) mod adam_op;
 mod bidirectional;
 mod cell;
 mod cpu_op;
@@ -49,8 +50,6 @@ pub use reference::recurrent_layer_reference;
 
 use crate::ml::config::CellKind;
 use cpu_op::SequenceOp;
-
-pub(crate) use activation::Real;
 
 /// Bad arguments to a recurrent kernel, or a broken internal state.
 #[derive(Debug, thiserror::Error)]
