@@ -9,7 +9,7 @@
 //! same computation in plain tensor ops stepped in time, which also serves as the test
 //! oracle. [`recurrent_layer_inference`] skips everything only training needs.
 //! [`bidirectional_layer`] runs both directions of a layer as one op, optionally on two
-//! threads.
+//! threads. [`add_bias`] is `broadcast_add` of a bias with a fast backward pass.
 //!
 //! Speed notes: rows are sorted by length so each step is one matrix product over the
 //! rows still running (`schedule.rs`); products use the `gemm` crate on the calling
@@ -27,6 +27,7 @@
 mod activation;
 pub(crate) mod adam;
 pub(crate) mod adam_op;
+mod bias;
 mod bidirectional;
 mod cell;
 mod cpu_op;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use bias::add_bias;
 pub use bidirectional::{bidirectional_layer, bidirectional_layer_inference};
 pub use reference::recurrent_layer_reference;
 
@@ -114,6 +116,14 @@ pub enum KernelError {
     /// A thread panicked while holding the saved forward state.
     #[error("saved forward state of a fused recurrent op is poisoned")]
     Poisoned,
+    /// A bias does not fit the rows it is added to.
+    #[error("bias of shape {bias:?} does not fit rows of shape {xs:?} (or dtypes differ)")]
+    BiasShape {
+        /// Shape of the rows.
+        xs: Vec<usize>,
+        /// Shape of the bias.
+        bias: Vec<usize>,
+    },
     /// The thread running one direction of a bidirectional layer panicked.
     #[error("the worker thread of a bidirectional layer panicked")]
     WorkerPanicked,

@@ -393,6 +393,8 @@ struct ModelStep {
     vars: Vec<(String, Var)>,
     layers: usize,
     parallel: Option<bool>,
+    /// Whether the input projection's bias goes through [`add_bias`].
+    fast_bias: bool,
 }
 
 impl ModelStep {
@@ -415,16 +417,27 @@ impl ModelStep {
         }
         vars.push(("fc_w".to_string(), random_var(&[3, dirs * hidden], 6, 0.1)));
         vars.push(("fc_b".to_string(), random_var(&[3], 7, 0.1)));
-        Self { cell, vars, layers, parallel }
+        Self { cell, vars, layers, parallel, fast_bias: false }
     }
 
     fn var(&self, k: usize) -> &Tensor {
         self.vars[k].1.as_tensor()
     }
 
-    fn loss(&self, ids: &Tensor, labels: &Tensor, lengths: &Arc<Vec<usize>>) -> Tensor {
+    /// The loss; with `lookup` the embedding rows are a detached leaf (for
+    /// [`crate::ml::optim::AdamW::step_with_rows`]).
+    fn loss(
+        &self,
+        ids: &Tensor,
+        labels: &Tensor,
+        lengths: &Arc<Vec<usize>>,
+        lookup: Option<&Var>,
+    ) -> Tensor {
         let (b, t) = ids.dims2().unwrap();
-        let mut x = self.var(0).index_select(&ids.flatten_all().unwrap(), 0).unwrap();
+        let mut x = match lookup {
+            Some(rows) => rows.as_tensor().clone(),
+            None => self.var(0).index_select(&ids.flatten_all().unwrap(), 0).unwrap(),
+        };
         for l in 0..self.layers {
             let (w_ih, b_ih, w_hh, b_hh) = (
                 self.var(1 + 4 * l),
@@ -432,7 +445,12 @@ impl ModelStep {
                 self.var(3 + 4 * l),
                 self.var(4 + 4 * l),
             );
-            let proj = x.matmul(&w_ih.t().unwrap()).unwrap().broadcast_add(b_ih).unwrap();
+            let proj = x.matmul(&w_ih.t().unwrap()).unwrap();
+            let proj = if self.fast_bias {
+                add_bias(&proj, b_ih).unwrap()
+            } else {
+                proj.broadcast_add(b_ih).unwrap()
+            };
             let proj = proj.reshape((b, t, ())).unwrap();
             let out = match self.parallel {
                 Some(p) => bidirectional_layer(&proj, w_hh, b_hh, self.cell, lengths, p),
@@ -462,6 +480,8 @@ fn report_model_step_timings() {
     let (labels, lengths) = (labels.unwrap(), Arc::new(vec![32; 64]));
     let models = [
         ("student GRU 64", CellKind::Gru, (64, 64, 1), None),
+        ("student GRU 64, embedding rows", CellKind::Gru, (64, 64, 1), None),
+        ("student GRU 64, embedding rows, add_bias", CellKind::Gru, (64, 64, 1), None),
         ("teacher BiLSTM 256 x2, 1 thread", CellKind::Lstm, (128, 256, 2), Some(false)),
         ("teacher BiLSTM 256 x2, 2 threads", CellKind::Lstm, (128, 256, 2), Some(true)),
     ];
@@ -470,12 +490,27 @@ fn report_model_step_timings() {
         if !name.contains(only.as_str()) {
             continue;
         }
-        let model = ModelStep::new(cell, sizes, parallel);
+        let mut model = ModelStep::new(cell, sizes, parallel);
+        model.fast_bias = name.contains("add_bias") || name.contains("teacher");
         let mut opt = crate::ml::optim::AdamW::new(model.vars.clone(), Default::default()).unwrap();
         let runs = if cell == CellKind::Gru { 30 } else { 3 };
         let mut step = || {
-            let grads = model.loss(&ids, &labels, &lengths).backward().unwrap();
-            opt.step(&grads, 0.0).unwrap();
+            if name.contains("rows") {
+                let ids_flat = ids.flatten_all().unwrap();
+                let x = model.var(0).index_select(&ids_flat, 0).unwrap().detach();
+                let x = Var::from_tensor(&x).unwrap();
+                let grads = model.loss(&ids, &labels, &lengths, Some(&x)).backward().unwrap();
+                let ids_vec: Vec<u32> = ids_flat.to_vec1().unwrap();
+                let rows = crate::ml::optim::RowGradient {
+                    name: "emb",
+                    ids: &ids_vec,
+                    rows: grads.get(&x).unwrap(),
+                };
+                opt.step_with_rows(&grads, &[rows], 0.0).unwrap();
+            } else {
+                let grads = model.loss(&ids, &labels, &lengths, None).backward().unwrap();
+                opt.step(&grads, 0.0).unwrap();
+            }
         };
         let wall = std::time::Instant::now();
         let cpu = time_ms(runs, &mut step);
