@@ -1,4 +1,5 @@
-//! Speed-critical recurrent kernels: one whole recurrent layer direction as a single op.
+//! Speed-critical CPU kernels of the training core: recurrent layers as single ops, and
+//! the element loops of the fused AdamW step (`adam.rs`, used by [`crate::ml::optim`]).
 //!
 //! The model code projects the inputs of every step with one matrix product
 //! (`xs_proj = x @ W_ih^T + b_ih`, shape `(B, T, G*H)`) and hands the recurrence to
@@ -7,9 +8,16 @@
 //! sequence; anywhere else (CUDA, other dtypes) it is [`recurrent_layer_reference`], the
 //! same computation in plain tensor ops stepped in time, which also serves as the test
 //! oracle. [`recurrent_layer_inference`] skips everything only training needs.
-//! [`bidirectional_layer`] runs both directions of a layer as one op, on two threads.
+//! [`bidirectional_layer`] runs both directions of a layer as one op, optionally on two
+//! threads. [`add_bias`] is `broadcast_add` of a bias with a fast backward pass.
 //!
-//! Semantics shared by all three (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
+//! Speed notes: rows are sorted by length so each step is one matrix product over the
+//! rows still running (`schedule.rs`); products use the `gemm` crate on the calling
+//! thread; element-wise loops use a fast `f32` sigmoid/tanh and run with AVX2 when the CPU
+//! has it (`simd.rs`). Large buffers are allocated per call, so the binary should use a
+//! caching allocator (mimalloc) rather than glibc's, which unmaps and re-faults them.
+//!
+//! Semantics shared by all of them (gate order as PyTorch: LSTM i, f, g, o; GRU r, z, n):
 //! - every row starts from zero state; row `b` has `lengths[b]` real steps, `1..=T`;
 //! - forward direction reads steps `0..len`, `reverse` reads `len-1` down to `0`, so a
 //!   reverse layer starts at each row's own last real token;
@@ -17,6 +25,9 @@
 //!   padded positions `t >= len`, from which no gradient flows.
 
 mod activation;
+pub(crate) mod adam;
+pub(crate) mod adam_op;
+mod bias;
 mod bidirectional;
 mod cell;
 mod cpu_op;
@@ -29,20 +40,18 @@ mod schedule;
 mod sequence;
 mod simd;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use bias::add_bias;
 pub use bidirectional::{bidirectional_layer, bidirectional_layer_inference};
 pub use reference::recurrent_layer_reference;
 
 use crate::ml::config::CellKind;
 use cpu_op::SequenceOp;
-
-pub(crate) use activation::Real;
-pub(crate) use simd::{vectorized, VectorLoop};
 
 /// Bad arguments to a recurrent kernel, or a broken internal state.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +116,14 @@ pub enum KernelError {
     /// A thread panicked while holding the saved forward state.
     #[error("saved forward state of a fused recurrent op is poisoned")]
     Poisoned,
+    /// A bias does not fit the rows it is added to.
+    #[error("bias of shape {bias:?} does not fit rows of shape {xs:?} (or dtypes differ)")]
+    BiasShape {
+        /// Shape of the rows.
+        xs: Vec<usize>,
+        /// Shape of the bias.
+        bias: Vec<usize>,
+    },
     /// The thread running one direction of a bidirectional layer panicked.
     #[error("the worker thread of a bidirectional layer panicked")]
     WorkerPanicked,

@@ -417,7 +417,7 @@ fn weight_gradient<T: Real>(saved: &Saved<T>, d_hh: &[T]) -> Vec<T> {
 }
 
 /// Sums of the columns of a row-major matrix with `width` columns.
-fn column_sums<T: Real>(data: &[T], width: usize) -> Vec<T> {
+pub(crate) fn column_sums<T: Real>(data: &[T], width: usize) -> Vec<T> {
     vectorized(ColumnSums { data, width })
 }
 

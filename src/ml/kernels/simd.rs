@@ -36,6 +36,10 @@ pub(crate) fn vectorized<L: VectorLoop>(body: L) -> L::Output {
     body.run()
 }
 
+/// Runs `body` compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2_fma<L: VectorLoop>(body: L) -> L::Output {

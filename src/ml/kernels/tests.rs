@@ -77,12 +77,13 @@ fn run_with_grads(
 
 #[test]
 fn fused_gradients_match_finite_differences_in_f64() {
-    let (dims, lengths) = ((3, 4, 3), Arc::new(vec![4, 2, 3]));
+    // Five rows: steps with four or more active rows take the transposed-weight product.
+    let (dims, lengths) = ((5, 4, 3), Arc::new(vec![4, 2, 3, 4, 1]));
     for cell in CELLS {
         for reverse in [false, true] {
             let inputs = layer_inputs(cell, dims, 7, DType::F64);
             let weights =
-                Tensor::from_vec(pseudo_random(36, 99, 1.0), (3, 4, 3), &Device::Cpu).unwrap();
+                Tensor::from_vec(pseudo_random(60, 99, 1.0), (5, 4, 3), &Device::Cpu).unwrap();
             let (_, grads) =
                 run_with_grads(recurrent_layer, &inputs, cell, &lengths, reverse, &weights);
 
@@ -374,5 +375,146 @@ fn report_bidirectional_timings() {
         }
         let ms = start.elapsed().as_secs_f64() * 1e3 / 5.0;
         println!("bidirectional Lstm 256 fwd+bwd, parallel={parallel}: {ms:.1} ms wall");
+    }
+}
+
+/// A variable of uniform values in `[-scale, scale]`.
+fn random_var(shape: &[usize], seed: u64, scale: f64) -> Var {
+    let len = shape.iter().product();
+    let t = Tensor::from_vec(pseudo_random(len, seed, scale), shape, &Device::Cpu).unwrap();
+    Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap()
+}
+
+/// One training step of a micro-benchmark-shaped classifier: embedding, `layers`
+/// recurrent layers (bidirectional when `parallel` is `Some`), linear head on the last
+/// step, cross-entropy, AdamW.
+struct ModelStep {
+    cell: CellKind,
+    vars: Vec<(String, Var)>,
+    layers: usize,
+    parallel: Option<bool>,
+    /// Whether the input projection's bias goes through [`add_bias`].
+    fast_bias: bool,
+}
+
+impl ModelStep {
+    fn new(
+        cell: CellKind,
+        (emb, hidden, layers): (usize, usize, usize),
+        parallel: Option<bool>,
+    ) -> Self {
+        let dirs = if parallel.is_some() { 2 } else { 1 };
+        let gw = cell.gates() * hidden;
+        let mut vars = vec![("emb".to_string(), random_var(&[20_000, emb], 1, 0.1))];
+        for l in 0..layers {
+            let input = if l == 0 { emb } else { dirs * hidden };
+            let w_hh_shape = if dirs == 2 { vec![2, gw, hidden] } else { vec![gw, hidden] };
+            let b_shape = if dirs == 2 { vec![2, gw] } else { vec![gw] };
+            vars.push((format!("w_ih{l}"), random_var(&[dirs * gw, input], 2, 0.05)));
+            vars.push((format!("b_ih{l}"), random_var(&[dirs * gw], 3, 0.05)));
+            vars.push((format!("w_hh{l}"), random_var(&w_hh_shape, 4, 0.05)));
+            vars.push((format!("b_hh{l}"), random_var(&b_shape, 5, 0.05)));
+        }
+        vars.push(("fc_w".to_string(), random_var(&[3, dirs * hidden], 6, 0.1)));
+        vars.push(("fc_b".to_string(), random_var(&[3], 7, 0.1)));
+        Self { cell, vars, layers, parallel, fast_bias: false }
+    }
+
+    fn var(&self, k: usize) -> &Tensor {
+        self.vars[k].1.as_tensor()
+    }
+
+    /// The loss; with `lookup` the embedding rows are a detached leaf (for
+    /// [`crate::ml::optim::AdamW::step_with_rows`]).
+    fn loss(
+        &self,
+        ids: &Tensor,
+        labels: &Tensor,
+        lengths: &Arc<Vec<usize>>,
+        lookup: Option<&Var>,
+    ) -> Tensor {
+        let (b, t) = ids.dims2().unwrap();
+        let mut x = match lookup {
+            Some(rows) => rows.as_tensor().clone(),
+            None => self.var(0).index_select(&ids.flatten_all().unwrap(), 0).unwrap(),
+        };
+        for l in 0..self.layers {
+            let (w_ih, b_ih, w_hh, b_hh) = (
+                self.var(1 + 4 * l),
+                self.var(2 + 4 * l),
+                self.var(3 + 4 * l),
+                self.var(4 + 4 * l),
+            );
+            let proj = x.matmul(&w_ih.t().unwrap()).unwrap();
+            let proj = if self.fast_bias {
+                add_bias(&proj, b_ih).unwrap()
+            } else {
+                proj.broadcast_add(b_ih).unwrap()
+            };
+            let proj = proj.reshape((b, t, ())).unwrap();
+            let out = match self.parallel {
+                Some(p) => bidirectional_layer(&proj, w_hh, b_hh, self.cell, lengths, p),
+                None => recurrent_layer(&proj, w_hh, b_hh, self.cell, lengths, false),
+            };
+            let out = out.unwrap();
+            x = out.reshape((b * t, ())).unwrap();
+        }
+        let last = x.reshape((b, t, ())).unwrap().narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
+        let n = self.vars.len();
+        let logits = last.matmul(&self.var(n - 2).t().unwrap()).unwrap();
+        let logits = logits.broadcast_add(self.var(n - 1)).unwrap();
+        candle_nn::loss::cross_entropy(&logits, labels).unwrap()
+    }
+}
+
+/// Prints CPU (and wall) milliseconds per training step of the micro-benchmark models
+/// with these kernels (the lead's model code will differ in details). Run like
+/// [`report_kernel_timings`].
+#[test]
+#[ignore = "timing report, not a test; see the doc comment for how to run it"]
+fn report_model_step_timings() {
+    let ids: Vec<u32> =
+        pseudo_random(64 * 32, 9, 1.0).iter().map(|x| ((x + 1.0) * 9_999.0) as u32).collect();
+    let ids = Tensor::from_vec(ids, (64, 32), &Device::Cpu).unwrap();
+    let labels = Tensor::from_vec((0..64u32).map(|i| i % 3).collect::<Vec<_>>(), 64, &Device::Cpu);
+    let (labels, lengths) = (labels.unwrap(), Arc::new(vec![32; 64]));
+    let models = [
+        ("student GRU 64", CellKind::Gru, (64, 64, 1), None),
+        ("student GRU 64, embedding rows", CellKind::Gru, (64, 64, 1), None),
+        ("student GRU 64, embedding rows, add_bias", CellKind::Gru, (64, 64, 1), None),
+        ("teacher BiLSTM 256 x2, 1 thread", CellKind::Lstm, (128, 256, 2), Some(false)),
+        ("teacher BiLSTM 256 x2, 2 threads", CellKind::Lstm, (128, 256, 2), Some(true)),
+    ];
+    let only = std::env::var("REPORT_ONLY").unwrap_or_default();
+    for (name, cell, sizes, parallel) in models {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
+        let mut model = ModelStep::new(cell, sizes, parallel);
+        model.fast_bias = name.contains("add_bias") || name.contains("teacher");
+        let mut opt = crate::ml::optim::AdamW::new(model.vars.clone(), Default::default()).unwrap();
+        let runs = if cell == CellKind::Gru { 30 } else { 3 };
+        let mut step = || {
+            if name.contains("rows") {
+                let ids_flat = ids.flatten_all().unwrap();
+                let x = model.var(0).index_select(&ids_flat, 0).unwrap().detach();
+                let x = Var::from_tensor(&x).unwrap();
+                let grads = model.loss(&ids, &labels, &lengths, Some(&x)).backward().unwrap();
+                let ids_vec: Vec<u32> = ids_flat.to_vec1().unwrap();
+                let rows = crate::ml::optim::RowGradient {
+                    name: "emb",
+                    ids: &ids_vec,
+                    rows: grads.get(&x).unwrap(),
+                };
+                opt.step_with_rows(&grads, &[rows], 0.0).unwrap();
+            } else {
+                let grads = model.loss(&ids, &labels, &lengths, None).backward().unwrap();
+                opt.step(&grads, 0.0).unwrap();
+            }
+        };
+        let wall = std::time::Instant::now();
+        let cpu = time_ms(runs, &mut step);
+        let wall = wall.elapsed().as_secs_f64() * 1e3 / (5 * runs + 2) as f64;
+        println!("{name}: {cpu:.1} ms CPU per step ({:.0} ex/s), {wall:.1} ms wall", 64e3 / cpu);
     }
 }
