@@ -242,7 +242,7 @@ def render():
         "`TORCH_PYTHON`, default `~/venvs/torch/bin/python`; reference script from "
         "`TORCH_BENCH`, default `../shared/bench/torch_microbench.py`).",
         "- `scripts/loadtest.sh`: load test of `/predict` on a local `distillery serve` "
-        "(needs `oha`: `cargo install oha`).",
+        "(needs `wrk`: `apt-get install wrk`).",
         "- `python3 scripts/profile.py`: perf profile of the training step (needs `perf`).",
         "- `python3 scripts/benchdoc.py`: re-render this page from the saved results.",
         "",

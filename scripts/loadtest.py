@@ -12,8 +12,8 @@
    counts the 503 answers and checks their Retry-After header.
 Saves docs/bench/loadtest.json and regenerates docs/benchmarks.md.
 
-Load generator: `oha` (cargo install oha) when on PATH, else `wrk` (apt-get install wrk).
-Use --generator to choose. Serve settings can be passed after `--`, e.g.
+Load generator: `wrk` (Debian: apt-get install wrk), closed loop: each connection sends
+its next request when the previous answer arrives; latency percentiles are wrk's. Serve settings can be passed after `--`, e.g.
 `scripts/loadtest.py -- --train-threads 1 --batch-wait-us 500`.
 """
 import argparse
@@ -46,7 +46,6 @@ WORDS = {
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--generator", choices=["auto", "oha", "wrk"], default="auto")
     p.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
     p.add_argument("--latency-requests", type=int, default=2000)
     p.add_argument("--rows", type=int, default=3000, help="rows of the generated dataset")
@@ -58,6 +57,8 @@ def parse_args():
 
 
 def binary_path():
+    if os.environ.get("DISTILLERY_BIN"):
+        return Path(os.environ["DISTILLERY_BIN"])
     target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
     return Path(target) / "release" / "distillery"
 
@@ -162,34 +163,10 @@ def wait_job(server, job, want, timeout):
     raise RuntimeError(f"job {job} not {want} after {timeout} s")
 
 
-def generator_name(choice):
-    if choice != "auto":
-        return choice
-    return "oha" if shutil.which("oha") else "wrk"
-
-
-def run_load(gen, url, clients, seconds=None, requests=None):
-    """One closed-loop measurement: {'requests','rps','p50_ms','p90_ms','p99_ms',...}."""
+def run_load(url, clients, seconds=None, requests=None):
+    """One closed-loop wrk measurement: {'requests','rps','p50_ms','p90_ms','p99_ms',...}."""
     body = json.dumps({"text": TEXT})
-    if gen == "oha":
-        return run_oha(url, body, clients, seconds, requests)
     return run_wrk(url, body, clients, seconds or max(2.0, requests / 500))
-
-
-def run_oha(url, body, clients, seconds, requests):
-    bound = ["-n", str(requests)] if requests else ["-z", f"{seconds}s"]
-    cmd = ["oha", "--no-tui", "--output-format", "json", "-c", str(clients), *bound,
-           "-m", "POST", "-H", "Content-Type: application/json", "-d", body, f"{url}/predict"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-    res = json.loads(out.stdout)
-    codes = {int(k): v for k, v in res.get("statusCodeDistribution", {}).items()}
-    pct = res["latencyPercentiles"]
-    total = sum(codes.values())
-    return {"requests": total, "rps": res["summary"]["requestsPerSec"],
-            "p50_ms": 1000 * pct["p50"], "p90_ms": 1000 * pct["p90"],
-            "p99_ms": 1000 * pct["p99"], "status_503": codes.get(503, 0),
-            "errors": sum(res.get("errorDistribution", {}).values())
-            + sum(v for k, v in codes.items() if k not in (200, 503))}
 
 
 WRK_SCRIPT = """
@@ -242,14 +219,14 @@ def batch_sizes(server):
     return found["sum"], found["count"]
 
 
-def measure_all(gen, server, args, condition):
+def measure_all(server, args, condition):
     """The latency run and the three throughput runs; rows for the table."""
     rows = []
-    lat = run_load(gen, server.url, 1, requests=args.latency_requests)
+    lat = run_load(server.url, 1, requests=args.latency_requests)
     rows.append({"condition": f"{condition}, latency", "clients": 1, **lat})
     for clients in (1, 16, 64):
         before = batch_sizes(server)
-        res = run_load(gen, server.url, clients, seconds=args.seconds)
+        res = run_load(server.url, clients, seconds=args.seconds)
         after = batch_sizes(server)
         batches = after[1] - before[1]
         res["mean_batch"] = (after[0] - before[0]) / batches if batches else None
@@ -305,10 +282,9 @@ def checks(rows):
 
 def main():
     args = parse_args()
-    gen = generator_name(args.generator)
-    if not shutil.which(gen):
-        sys.exit(f"load generator `{gen}` not found: cargo install oha, or apt-get install wrk")
-    if not args.no_build:
+    if not shutil.which("wrk"):
+        sys.exit("load generator `wrk` not found: apt-get install wrk")
+    if not args.no_build and not os.environ.get("DISTILLERY_BIN"):
         subprocess.run(["cargo", "build", "--release", "--bin", "distillery"], cwd=ROOT,
                        check=True)
     machine = benchdoc.machine_info()
@@ -316,7 +292,7 @@ def main():
     flags = args.serve_flags
     server = Server(data_dir, flags)
     try:
-        rows, training_state = run_server_phases(gen, server, args)
+        rows, training_state = run_server_phases(server, args)
     finally:
         server.stop()
     overload = overload_check(data_dir, flags)
@@ -324,7 +300,7 @@ def main():
         shutil.rmtree(data_dir, ignore_errors=True)
     machine["load_after"] = os.getloadavg()
 
-    result = {"date": benchdoc.utc_now(), "generator": gen,
+    result = {"date": benchdoc.utc_now(), "generator": "wrk",
               "command": "scripts/loadtest.sh " + " ".join(sys.argv[1:]),
               "settings": {"seconds": args.seconds, "latency_requests": args.latency_requests,
                            "serve_flags": " ".join(flags) or "(defaults)",
@@ -340,14 +316,14 @@ def main():
         benchdoc.render()
 
 
-def run_server_phases(gen, server, args):
+def run_server_phases(server, args):
     """Trains the model to serve, measures idle, then measures during a training job."""
     ds = upload(server, args.rows)
     small = {"dataset_id": ds, "teacher": {"kind": "none"}, "training": {"epochs": 2}}
     job = start_job(server, small)
     wait_job(server, job, {"succeeded"}, 900)
     print("model trained; measuring idle", file=sys.stderr, flush=True)
-    rows = measure_all(gen, server, args, "idle")
+    rows = measure_all(server, args, "idle")
 
     # The default job (teacher, then distilled student) with more epochs than the
     # measurements need, canceled afterwards.
@@ -355,7 +331,7 @@ def run_server_phases(gen, server, args):
     wait_job(server, busy, {"running"}, 120)
     time.sleep(2.0)  # past the job's start-up (data, tokenizer) into training steps
     print("training job running; measuring", file=sys.stderr, flush=True)
-    rows += measure_all(gen, server, args, "training")
+    rows += measure_all(server, args, "training")
     state = job_status(server, busy)
     request("POST", f"{server.url}/v1/jobs/{busy}/cancel")
     return rows, f"job was `{state}` at the end of the measurements"

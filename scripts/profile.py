@@ -66,6 +66,8 @@ def parse_args():
 
 
 def binary_path():
+    if os.environ.get("DISTILLERY_BIN"):
+        return Path(os.environ["DISTILLERY_BIN"])
     target = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
     return Path(target) / "release" / "distillery"
 
@@ -127,7 +129,7 @@ def summarize(samples, top):
 
 def main():
     args = parse_args()
-    if not args.no_build:
+    if not args.no_build and not os.environ.get("DISTILLERY_BIN"):
         subprocess.run(["cargo", "build", "--release", "--bin", "distillery"], cwd=ROOT,
                        check=True)
     models = {}

@@ -4,7 +4,8 @@
 //! in `[0, 20000)`, batch 64, 32 tokens, 3 classes; student = embedding 64 + GRU 64,
 //! teacher = embedding 128 + 2-layer bidirectional LSTM 256; Adam with learning rate 1e-3
 //! and no clipping; 20 warm-up steps, then 200 timed steps; inference on 200 batches of 64
-//! and 1000 single rows.
+//! and 1000 single rows. Inference runs on a frozen copy of the trained weights, the way
+//! the service and the evaluation load a model.
 //!
 //! Beside the speeds it counts the matrix-product work of one training step
 //! ([`gemm_shapes`]) and can time Candle's matrix product on those shapes
@@ -154,6 +155,9 @@ pub fn run_model(
         figures.train_ms_per_step = Some(1000.0 * train_s / w.steps as f64);
         figures.final_train_loss = Some(loss);
     }
+    // Inference runs on a frozen copy of the weights, as served and as evaluated.
+    let tensors = model.tensors().iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+    let model = Classifier::from_tensors(config, w.vocab, w.classes, tensors, false)?;
     if phases.infer_batch {
         let batch_refs: Vec<&Batch> = batches.iter().map(|(b, _)| b).collect();
         let infer64_s = time_inference(&model, &batch_refs, w.warmup, w.steps)?;
