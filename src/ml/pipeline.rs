@@ -188,7 +188,7 @@ enum TeacherSource {
     /// Train one (recurrent or transformer).
     Train,
     /// The recurrent teacher of an earlier model.
-    Reused(ReusedTeacher),
+    Reused(Box<ReusedTeacher>),
     /// The stored transfer set and logits of an earlier job.
     Stored(TransferSet),
     /// No teacher: the student learns from labels alone.
@@ -209,7 +209,7 @@ impl TeacherSource {
         }
         if config.teacher.model_id.is_some() {
             let dir = inputs.teacher_model.as_deref().ok_or_else(|| missing("teacher model"))?;
-            return Ok(Self::Reused(ReusedTeacher::load(dir, device)?));
+            return Ok(Self::Reused(Box::new(ReusedTeacher::load(dir, device)?)));
         }
         Ok(match config.teacher.kind {
             TeacherKind::None => Self::None,
@@ -541,7 +541,7 @@ fn train_student(
 }
 
 /// 5. Final metrics on the validation rows, the weight files, the transfer set and the
-/// manifest (written last, so a folder with a manifest is complete).
+///    manifest (written last, so a folder with a manifest is complete).
 fn finalize(
     config: &JobConfig,
     prepared: &Prepared,
