@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod evaluation;
 pub mod kernels;
 pub mod loss;
 pub mod manifest;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 
 use crate::ml::augment::augment_rows;
-use crate::ml::checkpoint::{load_tensors, save_tensors, write_atomic, PhaseDir};
+use crate::ml::checkpoint::{save_tensors, write_atomic, PhaseDir};
 use crate::ml::config::{JobConfig, TeacherKind};
 use crate::ml::data::Example;
 use crate::ml::device::open_device;
@@ -648,54 +648,6 @@ fn transfer_set(prepared: &Prepared, transfer: &Transfer) -> TransferSet {
     let logits = Tensor::cat(&[&transfer.train_logits, &transfer.valid_logits], 0)
         .unwrap_or_else(|_| transfer.train_logits.clone());
     TransferSet { rows, logits, label_names: prepared.labels.clone() }
-}
-
-/// Evaluates a finished model folder on labelled rows: metrics of the student and, when
-/// present, the teacher (with the student's agreement with it).
-///
-/// # Errors
-/// When the model cannot be read or the rows hold an unknown label.
-pub fn evaluate_model(
-    dir: &Path,
-    rows: &[Example],
-    batch_size: usize,
-) -> Result<HashMap<Role, Metrics>, TrainError> {
-    let manifest = read_manifest(dir)?;
-    let device = Device::Cpu;
-    let index: HashMap<&str, usize> =
-        manifest.labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
-    let labelled: Vec<&Example> = rows.iter().filter(|e| e.label.is_some()).collect();
-    let truth = labelled
-        .iter()
-        .map(|e| {
-            let label = e.label.as_deref().unwrap_or_default();
-            index.get(label).copied().ok_or_else(|| {
-                TrainError::Data(format!("label `{label}` is not one of the model's labels"))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let seqs: Vec<Vec<u32>> = labelled.iter().map(|e| manifest.tokenizer.encode(&e.text)).collect();
-    let mut out = HashMap::new();
-    let mut teacher_preds = None;
-    for role in [Role::Teacher, Role::Student] {
-        let Some(entry) = manifest.network(role) else { continue };
-        let tensors = load_tensors(&dir.join(role.weights_file()), &device)?;
-        let model = Classifier::from_tensors(
-            &entry.config,
-            manifest.tokenizer.vocab_size(),
-            manifest.labels.len(),
-            tensors,
-            false,
-        )?;
-        let (mut metrics, preds) = evaluate(&model, &seqs, &truth, &manifest.labels, batch_size)?;
-        if role == Role::Student {
-            metrics.agreement = teacher_preds.as_ref().map(|t: &Vec<usize>| agreement(&preds, t));
-        } else {
-            teacher_preds = Some(preds);
-        }
-        out.insert(role, metrics);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::ml::config::{CellKind, ModelConfig, Pooling};
+use crate::ml::evaluation::evaluate_model;
 use crate::ml::predictor::Predictor;
 use crate::ml::progress::NoObserver;
 
