@@ -12,6 +12,7 @@
 //! Nothing here downloads anything: every model comes from a local folder.
 
 pub mod bert;
+pub mod cache;
 pub mod encoder;
 pub mod head;
 pub mod registry;

@@ -19,6 +19,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::cache::EmbeddingCache;
 use super::encoder::{EmbedHooks, EncoderOptions, PretrainedEncoder};
 use super::head::LinearHead;
 use super::registry::{read_json, resolve_pretrained};
@@ -180,6 +181,8 @@ pub struct TransformerTeacher {
     mode: TeacherMode,
     encoder: PretrainedEncoder,
     head: LinearHead,
+    /// Frozen mode, after training: the embeddings of the training and validation texts.
+    cache: Option<EmbeddingCache>,
 }
 
 impl TransformerTeacher {
@@ -211,7 +214,7 @@ impl TransformerTeacher {
 
         let pretrained = folder_name(pretrained_dir)?;
         let head = LinearHead::new(encoder.hidden_size(), data.num_labels, device)?;
-        let mut teacher = Self { pretrained, mode: config.mode, encoder, head };
+        let mut teacher = Self { pretrained, mode: config.mode, encoder, head, cache: None };
         let mut report = match config.mode {
             TeacherMode::Frozen => teacher.train_frozen(data, config, callbacks)?,
             TeacherMode::FineTune => teacher.train_fine_tune(data, config, callbacks)?,
@@ -241,6 +244,8 @@ impl TransformerTeacher {
     }
 
     /// Logits `(N, C)` f32 of `texts`, in input order, computed in length-sorted batches.
+    /// A frozen teacher fresh from training reuses the embeddings of the texts it trained
+    /// and validated on.
     ///
     /// # Errors
     /// A tokenizer or Candle error.
@@ -258,7 +263,11 @@ impl TransformerTeacher {
         batch_size: usize,
         hooks: &EmbedHooks<'_>,
     ) -> Result<Tensor> {
-        let pooled = self.encoder.embed_with_hooks(texts, batch_size, hooks)?;
+        let embed = |texts: &[&str]| self.encoder.embed_with_hooks(texts, batch_size, hooks);
+        let pooled = match &self.cache {
+            Some(cache) => cache.pooled_or_embed(texts, embed)?,
+            None => embed(texts)?,
+        };
         Ok(self.head.forward(&pooled)?.detach())
     }
 
@@ -314,7 +323,7 @@ impl TransformerTeacher {
                 file.pretrained
             )));
         }
-        Ok(Self { pretrained: file.pretrained, mode: file.mode, encoder, head })
+        Ok(Self { pretrained: file.pretrained, mode: file.mode, encoder, head, cache: None })
     }
 
     /// Frozen mode: 1. embed training and validation texts once, 2. fit the scaler, 3. train
@@ -332,6 +341,7 @@ impl TransformerTeacher {
             EmbedHooks { progress: callbacks.embed_progress, should_stop: callbacks.should_stop };
         let pooled = self.encoder.embed_with_hooks(&all, config.embed_batch_size, &hooks)?;
         let embed_seconds = start.elapsed().as_secs_f64();
+        self.cache = Some(EmbeddingCache::new(&all, pooled.clone())?);
         let n_train = data.train_texts.len();
         let train_x = pooled.narrow(0, 0, n_train)?;
         let valid_x = pooled.narrow(0, n_train, data.valid_texts.len())?;

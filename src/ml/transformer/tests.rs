@@ -142,6 +142,13 @@ fn tiny_frozen_teacher_learns_and_survives_save_and_load() {
     assert_eq!(loaded.mode(), TeacherMode::Frozen);
     assert_eq!(loaded.pretrained(), "tiny-bert");
     assert!(max_abs_diff(&logits, &loaded.logits(&valid, 32).unwrap()) < 1e-5);
+
+    // The trained teacher answers seen texts from its embedding cache and embeds the rest;
+    // the loaded one has no cache: both give the same logits.
+    let mixed = [valid[3], "a profit in the cup season", train[0], "", valid[3]];
+    let diff =
+        max_abs_diff(&teacher.logits(&mixed, 2).unwrap(), &loaded.logits(&mixed, 2).unwrap());
+    assert!(diff < 1e-5, "cached and fresh logits differ by {diff}");
 }
 
 #[test]
