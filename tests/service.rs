@@ -24,3 +24,5 @@ mod recovery;
 mod store;
 #[path = "service/training.rs"]
 mod training;
+#[path = "service/transformer.rs"]
+mod transformer;
