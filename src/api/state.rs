@@ -55,9 +55,15 @@ impl ApiKey {
         (!key.is_empty()).then(|| Self(key.to_string()))
     }
 
-    /// Whether `given` is the key, without leaking where they differ.
+    /// Whether `given` is the key, without leaking where they differ or how long the key
+    /// is: the time taken depends on the key's length alone.
     pub fn matches(&self, given: &str) -> bool {
-        self.0.as_bytes().ct_eq(given.as_bytes()).into()
+        let (key, given) = (self.0.as_bytes(), given.as_bytes());
+        let mut padded = vec![0u8; key.len()];
+        let shared = given.len().min(key.len());
+        padded[..shared].copy_from_slice(&given[..shared]);
+        let same_length = (given.len() as u64).ct_eq(&(key.len() as u64));
+        (padded.as_slice().ct_eq(key) & same_length).into()
     }
 }
 
@@ -71,7 +77,6 @@ impl fmt::Debug for ApiKey {
 #[derive(Debug, Default)]
 pub struct Readiness {
     shutting_down: AtomicBool,
-    workers_down: AtomicBool,
 }
 
 impl Readiness {
@@ -80,19 +85,9 @@ impl Readiness {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// Records whether the training workers are all alive.
-    pub fn set_workers_up(&self, up: bool) {
-        self.workers_down.store(!up, Ordering::SeqCst);
-    }
-
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// Whether the training workers are all alive.
-    pub fn workers_up(&self) -> bool {
-        !self.workers_down.load(Ordering::SeqCst)
     }
 }
 
@@ -123,4 +118,19 @@ pub struct AppState {
     pub events_poll: Duration,
     /// Whether this process serves the public API (false for `distillery worker`).
     pub public_api: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiKey;
+
+    #[test]
+    fn the_key_matches_itself_only() {
+        let key = ApiKey::new("s3cret-key").expect("a key");
+        assert!(key.matches("s3cret-key"));
+        for wrong in ["", "s3cret", "s3cret-key!", "s3cret-kez", "S3CRET-KEY", "s3cret-key\0"] {
+            assert!(!key.matches(wrong), "{wrong:?}");
+        }
+        assert!(ApiKey::new("").is_none());
+    }
 }

@@ -16,6 +16,7 @@ mod worker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +70,8 @@ pub fn checkpoint_prefix(id: &JobId) -> String {
 #[derive(Debug, Default)]
 pub struct RunningJobs {
     tokens: Mutex<HashMap<JobId, CancelToken>>,
+    /// Worker tasks of this process that are alive (for `/ready`).
+    alive_workers: AtomicUsize,
 }
 
 impl RunningJobs {
@@ -103,6 +106,11 @@ impl RunningJobs {
     /// Whether no job runs here.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many worker tasks of this process are alive.
+    pub fn alive_workers(&self) -> usize {
+        self.alive_workers.load(Ordering::SeqCst)
     }
 }
 

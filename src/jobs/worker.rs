@@ -6,7 +6,10 @@
 //! stopped with [`StopReason::Interrupted`]: they save a checkpoint and go back to the
 //! queue, and the pool waits for that up to a grace period.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,11 +44,6 @@ impl WorkerPool {
     /// Number of workers.
     pub fn size(&self) -> usize {
         self.workers.len()
-    }
-
-    /// Whether every worker task is still alive.
-    pub fn is_healthy(&self) -> bool {
-        self.tasks.len() == self.workers.len()
     }
 
     /// Stops claiming, interrupts running jobs, and waits up to `grace` for them to hand
@@ -83,33 +81,62 @@ impl WorkerPool {
     }
 }
 
+/// Counts a worker task as alive from its start until it ends, by return or by unwinding.
+struct AliveGuard(std::sync::Arc<super::RunningJobs>);
+
+impl AliveGuard {
+    fn new(running: &std::sync::Arc<super::RunningJobs>) -> Self {
+        running.alive_workers.fetch_add(1, Ordering::SeqCst);
+        Self(running.clone())
+    }
+}
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive_workers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One worker: runs [`worker_round`] until shutdown. A round that panics (a bug, never
+/// user input: training panics are caught on the training thread) is logged and the
+/// worker goes on, so one bad round does not leave the process without workers.
 async fn worker_task(ctx: JobContext, worker: WorkerId, stop: CancellationToken) {
+    let _alive = AliveGuard::new(&ctx.running);
     while !stop.is_cancelled() {
-        // 1. Expired leases: the worker that held them is gone.
-        match ctx.store.requeue_expired(now_millis()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(jobs = n, "requeued jobs whose lease ran out"),
-            Err(error) => tracing::warn!(error = %error, "cannot requeue expired jobs"),
+        let round = std::panic::AssertUnwindSafe(worker_round(&ctx, &worker, &stop));
+        if round.catch_unwind().await.is_err() {
+            tracing::error!(worker = %worker, "a worker round panicked; the worker goes on");
+            idle(&ctx, &stop).await;
         }
+    }
+}
 
-        // 2. Claim.
-        let now = now_millis();
-        let until = now + ctx.settings.lease.as_millis() as i64;
-        let claimed = ctx.store.claim_job(&worker, now, until).await;
+/// One round: 1. requeue expired leases, 2. claim a job, 3. run it or wait.
+async fn worker_round(ctx: &JobContext, worker: &WorkerId, stop: &CancellationToken) {
+    // 1. Expired leases: the worker that held them is gone.
+    match ctx.store.requeue_expired(now_millis()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "requeued jobs whose lease ran out"),
+        Err(error) => tracing::warn!(error = %error, "cannot requeue expired jobs"),
+    }
 
-        // 3. Run, or wait.
-        match claimed {
-            Ok(Some(job)) if stop.is_cancelled() => {
-                // Shutdown began while the claim was on its way: hand the job back.
-                let requeue = JobOutcome::Requeued;
-                let _ = ctx.store.finish_job(&job.id, &worker, &requeue, now_millis()).await;
-            }
-            Ok(Some(job)) => runner::run_job(&ctx, &worker, job).await,
-            Ok(None) => idle(&ctx, &stop).await,
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot claim a job");
-                idle(&ctx, &stop).await;
-            }
+    // 2. Claim.
+    let now = now_millis();
+    let until = now + ctx.settings.lease.as_millis() as i64;
+    let claimed = ctx.store.claim_job(worker, now, until).await;
+
+    // 3. Run, or wait.
+    match claimed {
+        Ok(Some(job)) if stop.is_cancelled() => {
+            // Shutdown began while the claim was on its way: hand the job back.
+            let requeue = JobOutcome::Requeued;
+            let _ = ctx.store.finish_job(&job.id, worker, &requeue, now_millis()).await;
+        }
+        Ok(Some(job)) => runner::run_job(ctx, worker, job).await,
+        Ok(None) => idle(ctx, stop).await,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot claim a job");
+            idle(ctx, stop).await;
         }
     }
 }

@@ -23,12 +23,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         tracing::warn!(error = %error, "readiness: database unreachable");
         return Err(ApiError::NotReady("database unreachable".into()));
     }
-    if !state.readiness.workers_up() {
+    if state.jobs.running.alive_workers() < state.jobs.settings.workers {
         return Err(ApiError::NotReady("training workers are down".into()));
     }
     Ok(Json(json!({
         "status": "ready",
         "workers": state.jobs.settings.workers,
+        "workers_alive": state.jobs.running.alive_workers(),
         "running_jobs": state.jobs.running.len(),
         "loaded_models": state.models.loaded(),
     })))
