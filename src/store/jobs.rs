@@ -19,6 +19,13 @@ const COLUMNS: &str = "id, status, dataset_id, validation_dataset_id, config, \
     teacher_model_id, progress, metrics, error, model_id, cancel_requested, lease_owner, \
     lease_expires_at, attempts, created_at, updated_at, started_at, finished_at";
 
+/// How many times a job may be claimed before a lease that runs out fails it.
+pub const MAX_ATTEMPTS: i64 = 5;
+
+/// The error of a job failed by [`MAX_ATTEMPTS`].
+pub const ABANDONED_ERROR: &str = "the worker process died on each of the job's attempts \
+    (out of memory?); try smaller models or batches";
+
 /// Whether a worker still holds a job's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -69,16 +76,21 @@ pub enum CancelOutcome {
 }
 
 impl Store {
-    /// Stores a new job.
+    /// Stores a new job, unless its datasets are gone: the check and the insert are one
+    /// statement, so a dataset deleted meanwhile (which [`Store::delete_dataset`] refuses
+    /// while a queued job uses it) cannot leave a job without its data. Returns whether
+    /// the job was stored.
     ///
     /// # Errors
     /// A [`StoreError`] when the insert fails.
-    pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+    pub async fn insert_job(&self, job: &JobRecord) -> Result<bool, StoreError> {
         let sql = format!(
-            "INSERT INTO jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO jobs ({COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13, $14, $15, $16, $17, $18 \
+             WHERE EXISTS (SELECT 1 FROM datasets WHERE id = $3) \
+             AND ($4 IS NULL OR EXISTS (SELECT 1 FROM datasets WHERE id = $4))"
         );
-        sqlx::query(&sql)
+        let inserted = sqlx::query(&sql)
             .bind(job.id.as_str())
             .bind(job.status.as_str())
             .bind(job.dataset_id.as_str())
@@ -99,7 +111,7 @@ impl Store {
             .bind(job.finished_at)
             .execute(self.pool())
             .await?;
-        Ok(())
+        Ok(inserted.rows_affected() == 1)
     }
 
     /// The job with this id.
@@ -319,21 +331,29 @@ impl Store {
         })
     }
 
-    /// Puts running jobs whose lease ran out back in the queue (or, when a cancel was
-    /// asked for, cancels them). Returns how many jobs changed.
+    /// Puts running jobs whose lease ran out back in the queue; cancels them instead when a
+    /// cancel was asked for, and fails them once they have been claimed
+    /// [`MAX_ATTEMPTS`] times (a job whose worker dies every time, say from running out
+    /// of memory, must not take the workers down again and again). Returns how many jobs
+    /// changed.
     ///
     /// # Errors
     /// A [`StoreError`] when the query fails.
     pub async fn requeue_expired(&self, now: i64) -> Result<u64, StoreError> {
         JobStatus::Running.check_transition(JobStatus::Queued)?;
+        JobStatus::Running.check_transition(JobStatus::Failed)?;
         let done = sqlx::query(
             "UPDATE jobs SET \
-             status = CASE WHEN cancel_requested = 1 THEN 'canceled' ELSE 'queued' END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN $1 ELSE NULL END, \
+             status = CASE WHEN cancel_requested = 1 THEN 'canceled' \
+                 WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END, \
+             error = CASE WHEN cancel_requested = 0 AND attempts >= $2 THEN $3 ELSE error END, \
+             finished_at = CASE WHEN cancel_requested = 1 OR attempts >= $2 THEN $1 ELSE NULL END, \
              lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
              WHERE status = 'running' AND lease_expires_at < $1",
         )
         .bind(now)
+        .bind(MAX_ATTEMPTS)
+        .bind(ABANDONED_ERROR)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected())

@@ -17,7 +17,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;
 
 pub use datasets::DeleteOutcome;
-pub use jobs::{CancelOutcome, JobOutcome, LeaseState};
+pub use jobs::{CancelOutcome, JobOutcome, LeaseState, ABANDONED_ERROR, MAX_ATTEMPTS};
 
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

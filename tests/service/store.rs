@@ -10,7 +10,10 @@ use distillery::domain::{
     WorkerId,
 };
 use distillery::ml::config::JobConfig;
-use distillery::store::{Backend, CancelOutcome, DeleteOutcome, JobOutcome, LeaseState, Store};
+use distillery::store::{
+    Backend, CancelOutcome, DeleteOutcome, JobOutcome, LeaseState, Store, ABANDONED_ERROR,
+    MAX_ATTEMPTS,
+};
 
 /// A fresh, migrated database of each backend available, with a guard that cleans up.
 async fn stores() -> Vec<(Store, Cleanup)> {
@@ -96,7 +99,7 @@ async fn concurrent_claims_take_each_job_once_oldest_first() {
         let now = now_millis();
         let jobs: Vec<_> = (0..6).map(|i| job(&data.id, now + i)).collect();
         for job in &jobs {
-            store.insert_job(job).await.unwrap();
+            assert!(store.insert_job(job).await.unwrap());
         }
 
         // Twelve workers race for six jobs.
@@ -130,7 +133,7 @@ async fn leases_guard_every_write_and_expired_ones_requeue() {
         let data = dataset();
         store.insert_dataset(&data).await.unwrap();
         let record = job(&data.id, now_millis());
-        store.insert_job(&record).await.unwrap();
+        assert!(store.insert_job(&record).await.unwrap());
         let (first, second) = (WorkerId::generate(), WorkerId::generate());
 
         let now = now_millis();
@@ -188,12 +191,42 @@ async fn leases_guard_every_write_and_expired_ones_requeue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_worker_keeps_dying_fails_after_the_last_attempt() {
+    for (store, guard) in stores().await {
+        let data = dataset();
+        store.insert_dataset(&data).await.unwrap();
+        let record = job(&data.id, now_millis());
+        assert!(store.insert_job(&record).await.unwrap());
+
+        // Each claim's lease runs out, as when the process dies (say, out of memory).
+        let mut now = now_millis();
+        for attempt in 1..=MAX_ATTEMPTS {
+            let worker = WorkerId::generate();
+            let claimed = store.claim_job(&worker, now, now + 10).await.unwrap().unwrap();
+            assert_eq!(claimed.attempts, attempt);
+            now += 1_000;
+            assert_eq!(store.requeue_expired(now).await.unwrap(), 1);
+            let after = store.job(&record.id).await.unwrap().unwrap();
+            let expected =
+                if attempt < MAX_ATTEMPTS { JobStatus::Queued } else { JobStatus::Failed };
+            assert_eq!(after.status, expected, "{:?} after attempt {attempt}", store.backend());
+        }
+
+        let failed = store.job(&record.id).await.unwrap().unwrap();
+        assert_eq!(failed.error.as_deref(), Some(ABANDONED_ERROR));
+        assert!(failed.finished_at.is_some() && failed.lease_owner.is_none());
+        assert!(store.claim_job(&WorkerId::generate(), now, now + 10).await.unwrap().is_none());
+        cleanup(store, guard).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_wait_for_active_jobs_and_listing_filters() {
     for (store, guard) in stores().await {
         let data = dataset();
         store.insert_dataset(&data).await.unwrap();
         let queued = job(&data.id, now_millis());
-        store.insert_job(&queued).await.unwrap();
+        assert!(store.insert_job(&queued).await.unwrap());
         assert_eq!(store.delete_dataset(&data.id).await.unwrap(), DeleteOutcome::InUse);
 
         assert!(matches!(
@@ -208,6 +241,10 @@ async fn deletes_wait_for_active_jobs_and_listing_filters() {
 
         assert_eq!(store.delete_dataset(&data.id).await.unwrap(), DeleteOutcome::Deleted);
         assert_eq!(store.delete_dataset(&data.id).await.unwrap(), DeleteOutcome::NotFound);
+        // A job whose dataset is gone (deleted after the API checked it) is not stored.
+        let orphan = job(&data.id, now_millis());
+        assert!(!store.insert_job(&orphan).await.unwrap());
+        assert!(store.job(&orphan.id).await.unwrap().is_none());
         assert!(store.default_model().await.unwrap().is_none());
         assert!(!store.promote_model(&ModelId::generate(), now_millis()).await.unwrap());
         assert_eq!(
