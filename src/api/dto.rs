@@ -156,6 +156,9 @@ pub struct JobView {
     pub examples_per_second: f64,
     /// Estimated seconds left.
     pub eta_seconds: Option<f64>,
+    /// Seconds of each finished phase (`prepare`, `teacher`, `labeling`, `student`,
+    /// `finalize`).
+    pub phase_seconds: std::collections::BTreeMap<Phase, f64>,
     /// Epoch metrics so far, by phase.
     pub metrics: MetricsByPhase,
     /// Why it failed.
@@ -191,6 +194,7 @@ impl From<JobRecord> for JobView {
             progress,
             examples_per_second: job.progress.examples_per_second,
             eta_seconds: job.progress.eta_seconds,
+            phase_seconds: job.progress.phase_seconds,
             metrics: MetricsByPhase::from_reports(job.metrics),
             error: job.error,
             model_id: job.model_id.map(|m| m.to_string()),

@@ -54,6 +54,10 @@ pub struct JobProgress {
     pub eta_seconds: Option<f64>,
     /// Running loss of the current epoch.
     pub loss: Option<LossTerms>,
+    /// Seconds each finished phase took (in this run of the job; a resumed phase counts
+    /// the run that finished it).
+    #[serde(default)]
+    pub phase_seconds: BTreeMap<Phase, f64>,
 }
 
 impl JobProgress {
@@ -69,6 +73,7 @@ impl JobProgress {
             examples_per_second: report.examples_per_second,
             eta_seconds: report.eta_seconds.is_finite().then_some(report.eta_seconds),
             loss: Some(report.loss),
+            phase_seconds: std::mem::take(&mut self.phase_seconds),
         };
     }
 }
@@ -89,7 +94,9 @@ pub struct JobRecord {
     pub validation_dataset_id: Option<DatasetId>,
     /// What to train and how.
     pub config: JobConfig,
-    /// The model whose teacher is reused (`teacher.model_id`).
+    /// The model whose files the job needs: the one whose teacher it reuses
+    /// (`teacher.model_id`), or that of the job whose transfer set it reuses
+    /// (`teacher.job_id`). It cannot be deleted while the job is queued or running.
     pub teacher_model_id: Option<ModelId>,
     /// Progress as last reported.
     pub progress: JobProgress,

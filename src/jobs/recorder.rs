@@ -163,6 +163,7 @@ impl<'a> Recorder<'a> {
             }
             TrainEvent::PhaseFinished { phase, seconds } => {
                 tracing::info!(phase = ?phase, seconds, "phase finished");
+                self.progress.phase_seconds.insert(*phase, *seconds);
                 true
             }
             TrainEvent::Checkpoint { .. } => true,

@@ -154,9 +154,9 @@ async fn load_inputs(
         Some(id) => Some(load_dataset(ctx, id).await?),
         None => None,
     };
-    let teacher_model = match &job.teacher_model_id {
+    let teacher_model = match job.config.teacher.model_id.clone().map(ModelId::from_string) {
         Some(id) => {
-            let files = ctx.storage.download_prefix(&model_prefix(id), &dirs.teacher).await?;
+            let files = ctx.storage.download_prefix(&model_prefix(&id), &dirs.teacher).await?;
             if files == 0 {
                 return Err(JobError::Missing(format!("model {id}")));
             }

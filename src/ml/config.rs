@@ -458,6 +458,46 @@ impl JobConfig {
         self.training.validate()?;
         crate::ml::device::parse_device(&self.device)
             .map_err(|e| ConfigError::new("device", e.to_string()))?;
+        if self.teacher.trains_recurrent() {
+            self.check_size("teacher", &self.teacher.model())?;
+        }
+        self.check_size("student", &self.student)
+    }
+
+    /// Refuses a network too large to train in a server's memory: each field may be in
+    /// range while their product is not, and a process that runs out of memory takes
+    /// its API down with it.
+    fn check_size(&self, field: &str, model: &ModelConfig) -> Result<(), ConfigError> {
+        let vocab = self.training.max_vocab + 2;
+        let parameters: usize = crate::ml::model::parameter_shapes(model, vocab, 2)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum();
+        if parameters > MAX_PARAMETERS {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "would have about {parameters} parameters with training.max_vocab {}, \
+                     more than the {MAX_PARAMETERS} allowed",
+                    self.training.max_vocab
+                ),
+            ));
+        }
+        // What the backward pass keeps of a batch: about twice the gates of every step
+        // of every layer and direction.
+        let directions = if model.bidirectional { 2 } else { 1 };
+        let per_step = model.cell.gates() * model.hidden_size * model.layers * directions * 2;
+        let kept = self.training.batch_size.saturating_mul(self.training.max_len) * per_step;
+        if kept > MAX_BATCH_ACTIVATIONS {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "a training batch would keep about {kept} activations \
+                     (training.batch_size x training.max_len x the network's width), \
+                     more than the {MAX_BATCH_ACTIVATIONS} allowed"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -466,6 +506,13 @@ impl JobConfig {
         self.teacher.epochs.unwrap_or(self.training.epochs)
     }
 }
+
+/// Most parameters a recurrent network of a job may have (400 MB of `f32`, before the
+/// optimizer's two moments and the gradients).
+pub const MAX_PARAMETERS: usize = 100_000_000;
+
+/// Most activations one training batch of a recurrent network may keep (2 GB of `f32`).
+pub const MAX_BATCH_ACTIVATIONS: usize = 500_000_000;
 
 fn check_range(field: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if value < min || value > max {
@@ -504,6 +551,12 @@ mod tests {
             (r#"{"teacher": {"hiden_size": 3}}"#, "teacher"),
             (r#"{"training": {"batch_size": "x"}}"#, "training.batch_size"),
             (r#"{"device": "tpu"}"#, "device"),
+            (
+                r#"{"teacher": {"embedding_dim": 4096}, "training": {"max_vocab": 100000}}"#,
+                "teacher",
+            ),
+            (r#"{"student": {"hidden_size": 4096, "layers": 16}}"#, "student"),
+            (r#"{"training": {"batch_size": 65536, "max_len": 1000}}"#, "teacher"),
         ];
         for (json, field) in cases {
             let err = JobConfig::from_json(json).unwrap_err();

@@ -160,8 +160,9 @@ pub fn run(
     };
 
     // 3. The transfer set (training rows and their augmentations), labelled once.
+    let labeling = progress(shares[0], shares[1]);
     let transfer = match &teacher {
-        Some(t) => Some(label_transfer_set(config, &prepared, t, observer, cancel)?),
+        Some(t) => Some(label_transfer_set(config, &prepared, t, &labeling, cancel)?),
         None => None,
     };
 
@@ -390,9 +391,10 @@ fn label_transfer_set(
     config: &JobConfig,
     prepared: &Prepared,
     teacher: &Teacher,
-    observer: &dyn Observer,
+    progress: &JobProgress<'_>,
     cancel: &CancelToken,
 ) -> Result<Transfer, TrainError> {
+    let observer = progress.observer;
     observer.on_event(&TrainEvent::PhaseStarted { phase: Phase::Labeling });
     let started = Instant::now();
     let mut prepared = prepared.clone();
@@ -411,10 +413,13 @@ fn label_transfer_set(
 
     let batch = config.training.eval_batch_size;
     let texts: Vec<&str> = prepared.train_texts.iter().map(String::as_str).collect();
-    let train_logits = teacher.logits(&texts, &prepared.train_seqs, batch, observer, cancel)?;
     let valid_texts: Vec<&str> = prepared.valid_texts.iter().map(String::as_str).collect();
+    let train_share = texts.len() as f64 / (texts.len() + valid_texts.len()).max(1) as f64;
+    let (train_part, valid_part) =
+        (progress.part(0.0, train_share), progress.part(train_share, 1.0 - train_share));
+    let train_logits = teacher.logits(&texts, &prepared.train_seqs, batch, &train_part, cancel)?;
     let valid_logits =
-        teacher.logits(&valid_texts, &prepared.valid_seqs, batch, observer, cancel)?;
+        teacher.logits(&valid_texts, &prepared.valid_seqs, batch, &valid_part, cancel)?;
     let valid_preds = argmax_rows(&valid_logits)?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(

@@ -20,7 +20,7 @@ use crate::ml::progress::{
     CancelToken, EpochReport, LossTerms, Observer, Phase, Progress, StopReason, TrainEvent,
 };
 use crate::ml::train::{
-    predict_logits, train_phase, JobProgress, PhaseData, PhaseOutcome, PhaseSpec,
+    predict_logits_until, train_phase, JobProgress, PhaseData, PhaseOutcome, PhaseSpec,
 };
 use crate::ml::transformer::{
     resolve_pretrained, EmbedHooks, TeacherData, TeacherMode, TrainCallbacks, TrainReport,
@@ -56,15 +56,19 @@ impl Teacher {
         texts: &[&str],
         seqs: &[Vec<u32>],
         batch_size: usize,
-        observer: &dyn Observer,
+        progress: &JobProgress<'_>,
         cancel: &CancelToken,
     ) -> Result<Tensor, TrainError> {
         match self {
-            Teacher::Recurrent { model, .. } => predict_logits(model, seqs, batch_size),
+            Teacher::Recurrent { model, .. } => {
+                predict_logits_until(model, seqs, batch_size, cancel)
+            }
             Teacher::Transformer { teacher, .. } => {
                 let started = Instant::now();
                 let progress = |done: usize, total: usize| {
-                    observer.on_event(&labeling_progress(done, total, started));
+                    let within = done as f64 / total.max(1) as f64;
+                    let event = pass_progress(progress, Phase::Labeling, within, done, started);
+                    progress.observer.on_event(&event);
                 };
                 let stop = || cancel.reason().is_some();
                 let hooks = EmbedHooks { progress: &progress, should_stop: &stop };
@@ -76,18 +80,26 @@ impl Teacher {
     }
 }
 
-fn labeling_progress(done: usize, total: usize, started: Instant) -> TrainEvent {
-    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+/// Progress of a pass over texts (embedding or labelling) that has done `done` of them and
+/// is `within` (0 to 1) of the way through its part of the job.
+fn pass_progress(
+    progress: &JobProgress<'_>,
+    phase: Phase,
+    within: f64,
+    done: usize,
+    started: Instant,
+) -> TrainEvent {
+    let (fraction, eta_seconds) = progress.at(within);
     TrainEvent::Progress(Progress {
-        phase: Phase::Labeling,
+        phase,
         epoch: 1,
         epochs: 1,
         step: done,
-        steps: total,
+        steps: (done as f64 / within.max(1e-9)).round() as usize,
         loss: LossTerms::default(),
-        examples_per_second: rate,
-        eta_seconds: (total - done.min(total)) as f64 / rate.max(1e-9),
-        fraction: done as f64 / total.max(1) as f64,
+        examples_per_second: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+        eta_seconds,
+        fraction,
     })
 }
 
@@ -236,10 +248,18 @@ pub fn train_transformer(
         ..defaults
     };
 
-    let epochs = train_config.epochs;
+    // A frozen teacher spends nearly all its time embedding the texts once (the first
+    // nine tenths of its phase); the head's epochs are the rest. Fine-tuning is all epochs.
+    let (embed_share, epochs) = match mode {
+        TeacherMode::Frozen => (0.9, train_config.epochs),
+        TeacherMode::FineTune => (0.0, train_config.epochs),
+    };
+    let steps_started = Instant::now();
     let step_progress = |epoch: usize, step: usize, steps: usize, loss: f64| {
         let within = ((epoch - 1) as f64 + step as f64 / steps.max(1) as f64) / epochs as f64;
-        let fraction = progress.start + progress.share * within;
+        let (fraction, eta_seconds) = progress.at(embed_share + (1.0 - embed_share) * within);
+        let done = ((epoch - 1) * steps + step) as f64;
+        let batches_per_second = done / steps_started.elapsed().as_secs_f64().max(1e-9);
         progress.observer.on_event(&TrainEvent::Progress(Progress {
             phase: Phase::Teacher,
             epoch,
@@ -247,19 +267,16 @@ pub fn train_transformer(
             step,
             steps,
             loss: LossTerms { total: loss, ce: loss, distill: 0.0 },
-            examples_per_second: 0.0,
-            eta_seconds: 0.0,
+            examples_per_second: batches_per_second * train_config.batch_size as f64,
+            eta_seconds,
             fraction,
         }));
     };
     let embed_started = Instant::now();
     let embed_progress = |done: usize, total: usize| {
-        let TrainEvent::Progress(mut p) = labeling_progress(done, total, embed_started) else {
-            return;
-        };
-        p.phase = Phase::Teacher;
-        p.fraction = progress.start + progress.share * 0.9 * p.fraction;
-        progress.observer.on_event(&TrainEvent::Progress(p));
+        let within = embed_share * done as f64 / total.max(1) as f64;
+        let event = pass_progress(progress, Phase::Teacher, within, done, embed_started);
+        progress.observer.on_event(&event);
     };
     let stop = || cancel.reason().is_some();
     let callbacks = TrainCallbacks {

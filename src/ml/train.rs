@@ -68,6 +68,23 @@ pub struct JobProgress<'a> {
     pub clock: Instant,
 }
 
+impl JobProgress<'_> {
+    /// The job's fraction done and its estimated seconds left, when this phase is
+    /// `within` (0 to 1) done.
+    pub fn at(&self, within: f64) -> (f64, f64) {
+        let fraction = self.start + self.share * within.clamp(0.0, 1.0);
+        let elapsed = self.clock.elapsed().as_secs_f64();
+        let eta = if fraction > 0.0 { elapsed / fraction * (1.0 - fraction) } else { 0.0 };
+        (fraction, eta)
+    }
+
+    /// The part of this phase from `start` to `start + share` (both within it), for a
+    /// phase made of several passes.
+    pub fn part(&self, start: f64, share: f64) -> Self {
+        Self { start: self.start + self.share * start, share: self.share * share, ..*self }
+    }
+}
+
 /// What a finished phase reports.
 #[derive(Debug, Clone)]
 pub struct PhaseOutcome {
@@ -259,9 +276,7 @@ fn run_epoch(
             };
             let within = ((epoch - 1) as f64 + (step + 1) as f64 / batches.len() as f64)
                 / spec.epochs as f64;
-            let fraction = progress.start + progress.share * within;
-            let elapsed = progress.clock.elapsed().as_secs_f64();
-            let eta = if fraction > 0.0 { elapsed / fraction * (1.0 - fraction) } else { 0.0 };
+            let (fraction, eta) = progress.at(within);
             progress.observer.on_event(&TrainEvent::Progress(Progress {
                 phase: spec.phase,
                 epoch,
@@ -358,11 +373,27 @@ pub fn predict_logits(
     seqs: &[Vec<u32>],
     batch_size: usize,
 ) -> Result<Tensor, TrainError> {
+    predict_logits_until(model, seqs, batch_size, &CancelToken::new())
+}
+
+/// [`predict_logits`] that checks `cancel` before each batch.
+///
+/// # Errors
+/// On tensor errors, or [`TrainError::Stopped`] when `cancel` is stopped.
+pub fn predict_logits_until(
+    model: &Classifier,
+    seqs: &[Vec<u32>],
+    batch_size: usize,
+    cancel: &CancelToken,
+) -> Result<Tensor, TrainError> {
     let device = model.tensors()[0].1.device().clone();
     let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();
     let mut parts = Vec::new();
     let mut order = Vec::with_capacity(seqs.len());
     for rows in sorted_batches(&lengths, batch_size) {
+        if let Some(reason) = cancel.reason() {
+            return Err(TrainError::Stopped(reason));
+        }
         let batch_seqs: Vec<&[u32]> = rows.iter().map(|&i| seqs[i].as_slice()).collect();
         let batch = Batch::from_sequences(&batch_seqs, &device)?;
         parts.push(model.forward(&batch, Mode::Eval)?.detach());

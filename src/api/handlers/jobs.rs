@@ -30,13 +30,13 @@ pub async fn create(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let request = JobRequest::parse(body)?;
-    check_references(&state, &request).await?;
+    let needed_model = check_references(&state, &request).await?;
 
     let now = now_millis();
     let job = JobRecord {
         id: JobId::generate(),
         status: JobStatus::Queued,
-        teacher_model_id: request.config.teacher.model_id.clone().map(ModelId::from_string),
+        teacher_model_id: needed_model,
         dataset_id: request.dataset_id,
         validation_dataset_id: request.validation_dataset_id,
         config: request.config,
@@ -53,7 +53,14 @@ pub async fn create(
         started_at: None,
         finished_at: None,
     };
-    state.store.insert_job(&job).await?;
+    if !state.store.insert_job(&job).await? {
+        // A dataset was deleted between the check above and the insert.
+        let gone = match &job.validation_dataset_id {
+            Some(valid) if state.store.dataset(valid).await?.is_none() => valid.clone(),
+            _ => job.dataset_id.clone(),
+        };
+        return Err(ApiError::DatasetNotFound(gone));
+    }
     state.jobs.wake.notify_one();
     tracing::info!(job.id = %job.id, dataset.id = %job.dataset_id, "job queued");
 
@@ -96,27 +103,36 @@ impl JobRequest {
     }
 }
 
-/// Checks that the datasets and a reused teacher exist.
-async fn check_references(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
+/// Checks that the datasets and a reused teacher exist. Returns the model whose files the
+/// job will need (a reused teacher's, or that of the job whose transfer set it reuses),
+/// which cannot be deleted while the job waits or runs.
+async fn check_references(
+    state: &AppState,
+    request: &JobRequest,
+) -> Result<Option<ModelId>, ApiError> {
     let datasets = std::iter::once(&request.dataset_id).chain(&request.validation_dataset_id);
     for id in datasets {
         if state.store.dataset(id).await?.is_none() {
             return Err(ApiError::DatasetNotFound(id.clone()));
         }
     }
-    check_teacher_source(state, request).await?;
-    let Some(model_id) = &request.config.teacher.model_id else { return Ok(()) };
+    let transfer_model = check_teacher_source(state, request).await?;
+    let Some(model_id) = &request.config.teacher.model_id else { return Ok(transfer_model) };
     let model_id = ModelId::from_string(model_id.clone());
     let model = state.store.model(&model_id).await?.ok_or(ApiError::ModelNotFound(model_id))?;
     if !model.has_role(Role::Teacher) {
         let message = format!("model `{}` has no teacher network to reuse", model.id);
         return Err(ApiError::InvalidJob { field: "teacher.model_id".into(), message });
     }
-    Ok(())
+    Ok(Some(model.id))
 }
 
-/// Checks a transformer teacher's folder and a reused job's transfer set.
-async fn check_teacher_source(state: &AppState, request: &JobRequest) -> Result<(), ApiError> {
+/// Checks a transformer teacher's folder and a reused job's transfer set; returns the
+/// model that holds that transfer set.
+async fn check_teacher_source(
+    state: &AppState,
+    request: &JobRequest,
+) -> Result<Option<ModelId>, ApiError> {
     let invalid =
         |field: &str, message: String| ApiError::InvalidJob { field: field.into(), message };
     let teacher = &request.config.teacher;
@@ -127,7 +143,7 @@ async fn check_teacher_source(state: &AppState, request: &JobRequest) -> Result<
         };
         resolve_pretrained(root, name).map_err(|e| invalid("teacher.pretrained", e.to_string()))?;
     }
-    let Some(job_id) = &teacher.job_id else { return Ok(()) };
+    let Some(job_id) = &teacher.job_id else { return Ok(None) };
     let id = JobId::from_string(job_id.clone());
     let job = state.store.job(&id).await?.ok_or_else(|| ApiError::JobNotFound(id.clone()))?;
     if job.status != JobStatus::Succeeded || job.config.teacher.kind == TeacherKind::None {
@@ -140,7 +156,7 @@ async fn check_teacher_source(state: &AppState, request: &JobRequest) -> Result<
             format!("job `{id}` was trained on dataset `{}`; use the same dataset", job.dataset_id);
         return Err(invalid("dataset_id", message));
     }
-    Ok(())
+    Ok(job.model_id)
 }
 
 /// `GET /v1/jobs`: lists jobs, newest first, optionally by state.
