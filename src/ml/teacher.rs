@@ -17,7 +17,7 @@ use crate::ml::manifest::{Manifest, Role};
 use crate::ml::model::Classifier;
 use crate::ml::pipeline::{read_manifest, Prepared, TrainError};
 use crate::ml::progress::{
-    CancelToken, EpochReport, LossTerms, Observer, Phase, Progress, StopReason, TrainEvent,
+    CancelToken, EpochReport, LossTerms, Phase, Progress, StopReason, TrainEvent,
 };
 use crate::ml::train::{
     predict_logits_until, train_phase, JobProgress, PhaseData, PhaseOutcome, PhaseSpec,
