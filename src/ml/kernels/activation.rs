@@ -89,14 +89,17 @@ fn exp_f32(x: f32) -> f32 {
     let n = shifted - ROUNDING_SHIFT;
     let r = x - n * LN2_HIGH - n * LN2_LOW;
 
-    let p = 1.0 / 5040.0;
-    let p = p * r + 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
+    // Horner steps as fused multiply-adds: one instruction each where the vector
+    // wrappers of `simd` enable FMA (a libm call on the baseline path, which only CPUs
+    // without AVX2 and FMA take).
+    let p: f32 = 1.0 / 5040.0;
+    let p = p.mul_add(r, 1.0 / 720.0);
+    let p = p.mul_add(r, 1.0 / 120.0);
+    let p = p.mul_add(r, 1.0 / 24.0);
+    let p = p.mul_add(r, 1.0 / 6.0);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r, 1.0);
+    let p = p.mul_add(r, 1.0);
 
     // The integer n is the low mantissa bits of `shifted`; build the float 2^n from it.
     let exponent = shifted.to_bits().wrapping_sub(ROUNDING_SHIFT.to_bits()).wrapping_add(127);
@@ -116,13 +119,13 @@ fn tanh_f32(x: f32) -> f32 {
     let large = 1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0);
 
     let a2 = a * a;
-    let p = 21_844.0 / 6_081_075.0;
-    let p = p * a2 - 1_382.0 / 155_925.0;
-    let p = p * a2 + 62.0 / 2_835.0;
-    let p = p * a2 - 17.0 / 315.0;
-    let p = p * a2 + 2.0 / 15.0;
-    let p = p * a2 - 1.0 / 3.0;
-    let small = a + a * a2 * p;
+    let p: f32 = 21_844.0 / 6_081_075.0;
+    let p = p.mul_add(a2, -1_382.0 / 155_925.0);
+    let p = p.mul_add(a2, 62.0 / 2_835.0);
+    let p = p.mul_add(a2, -17.0 / 315.0);
+    let p = p.mul_add(a2, 2.0 / 15.0);
+    let p = p.mul_add(a2, -1.0 / 3.0);
+    let small = (a * a2).mul_add(p, a);
 
     let t = if a < 0.5 { small } else { large };
     t.copysign(x)
