@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Error, Result, Tensor, Var, D};
 
 use crate::ml::batch::Batch;
 use crate::ml::config::{ModelConfig, Pooling};
@@ -208,22 +208,45 @@ impl Classifier {
                     self.project(&input.reshape((b * t, ()))?, layer, (b, t), &mode)?
                 }
             };
-            let run = match mode {
-                Mode::Train(_) => kernels::recurrent_layer,
-                Mode::Eval => kernels::recurrent_layer_inference,
-            };
-            let mut outs = Vec::with_capacity(layer.len());
-            for (d, (dir, proj)) in layer.iter().zip(&projections).enumerate() {
-                let cell = self.config.cell;
-                outs.push(run(proj, &dir.w_hh, &dir.b_hh, cell, &batch.lengths, d == 1)?);
-            }
-            xs = Some(if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2)? });
+            xs = Some(self.recurrent(layer, projections, &batch.lengths, &mode)?);
         }
 
         let xs = xs.ok_or_else(|| candle_core::Error::Msg("a model without layers".into()))?;
         let pooled = self.pool(&xs, &batch.lengths)?;
         let pooled = self.dropout(&pooled, &mut mode)?;
         pooled.matmul(&self.head_weight.t()?)?.broadcast_add(&self.head_bias)
+    }
+
+    /// Runs one layer's directions over their input projections: `(B, T, D*H)`.
+    ///
+    /// The two directions of a bidirectional layer go through one op, which runs them on
+    /// two threads when Candle may use more than one (the recurrence is sequential in
+    /// time, so this is the parallelism the small per-step products leave).
+    fn recurrent(
+        &self,
+        layer: &[Direction],
+        mut projections: Vec<Tensor>,
+        lengths: &Arc<Vec<usize>>,
+        mode: &Mode<'_>,
+    ) -> Result<Tensor> {
+        let cell = self.config.cell;
+        let train = matches!(mode, Mode::Train(_));
+        if let [fwd, rev] = layer {
+            let proj = Tensor::cat(&projections, 2)?;
+            let w_hh = Tensor::stack(&[&fwd.w_hh, &rev.w_hh], 0)?;
+            let b_hh = Tensor::stack(&[&fwd.b_hh, &rev.b_hh], 0)?;
+            let parallel = candle_core::utils::get_num_threads() > 1;
+            let run = if train {
+                kernels::bidirectional_layer
+            } else {
+                kernels::bidirectional_layer_inference
+            };
+            return run(&proj, &w_hh, &b_hh, cell, lengths, parallel);
+        }
+        let run = if train { kernels::recurrent_layer } else { kernels::recurrent_layer_inference };
+        let proj =
+            projections.pop().ok_or_else(|| Error::Msg("a layer without directions".into()))?;
+        run(&proj, &layer[0].w_hh, &layer[0].b_hh, cell, lengths, false)
     }
 
     /// Input projections `(B, T, G*H)` of one layer's directions for inputs `(B*T, in)`.
