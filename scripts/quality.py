@@ -9,12 +9,14 @@ binary's `distillery train`, one model per variant, then scores each on the test
     alone       the default student trained on the labels only (teacher kind none)
     minilm      a frozen all-MiniLM-L6-v2 teacher with a linear head, distilled student
     minilm-aug  the same, with augmented transfer rows (distillation.augment.factor)
+                (`minilm-augN`: N rows per training row)
 
 Variants run two at a time (one Candle thread each), so a 2-core machine is kept busy.
 Results go to docs/bench/quality.json and docs/quality.md.
 
     scripts/quality.py --data ../shared/data --pretrained-dir pretrained
     scripts/quality.py --corpora bbc-news --variants alone,minilm --epochs 3
+    scripts/quality.py --render      # docs/quality.md again from the saved results
 
 Environment: DISTILLERY_BIN (the binary; default target/release/distillery).
 """
@@ -49,6 +51,8 @@ def parse_args():
     p.add_argument("--parallel", type=int, default=2, help="variants trained at once")
     p.add_argument("--speed-seconds", type=float, default=3.0)
     p.add_argument("--keep", help="folder to keep the models in (default: a temp folder)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the saved results of other corpus/variant pairs")
     return p.parse_args()
 
 
@@ -69,6 +73,15 @@ def per_corpus(spec, corpus, default):
     return int(values[corpus]) if corpus in values else default
 
 
+def augment_factor(variant, corpus, args):
+    """Augmented rows per training row: 0 for `minilm`, N for `minilm-augN`, else
+    --augment's value for the corpus."""
+    if variant == "minilm":
+        return 0
+    suffix = variant.removeprefix("minilm-aug")
+    return int(suffix) if suffix else per_corpus(args.augment, corpus, 2)
+
+
 def job_config(corpus, variant, args):
     """The job JSON of a variant; everything not named keeps its default."""
     config = {}
@@ -76,7 +89,7 @@ def job_config(corpus, variant, args):
         config["teacher"] = {"kind": "none"}
     elif variant.startswith("minilm"):
         config["teacher"] = {"kind": "transformer", "pretrained": PRETRAINED}
-        factor = per_corpus(args.augment, corpus, 2) if variant == "minilm-aug" else 0
+        factor = augment_factor(variant, corpus, args)
         config["distillation"] = {"augment": {"factor": factor}}
     epochs = per_corpus(args.epochs, corpus, None)
     if epochs:
@@ -165,9 +178,12 @@ def render(saved):
         "the job defaults except where named, scored by `distillery eval --speed` on the "
         "corpus's test file. Accuracy and macro-F1 in percent on the test rows; agreement is "
         "the share of test rows where the student predicts the teacher's label. Times are "
-        "seconds of one Candle thread per run (two runs at a time): `teacher s` includes "
-        "labelling the transfer set, `wall s` is the whole `train` command. Prediction speed "
-        "is texts per second with tokenization, one at a time and in batches of 64.",
+        "seconds of one Candle thread per run (two runs at a time, so each had about one core): "
+        "`teacher s` is the teacher's phase (for MiniLM: embedding the training and "
+        "validation texts once, then fitting the head), `student s` the student's, `wall s` "
+        "the whole `train` command (labelling the transfer set and augmented rows "
+        "included). Prediction speed is texts per second with tokenization, one at a time "
+        "and in batches of 64, measured while the other run trained.",
         "",
         *benchdoc.machine_section(saved),
         "",
@@ -186,6 +202,9 @@ def render(saved):
 
 
 def main():
+    if sys.argv[1:] == ["--render"]:
+        render(benchdoc.load_result("quality"))
+        return
     args = parse_args()
     corpora = [c for c in args.corpora.split(",") if c]
     variants = [v for v in args.variants.split(",") if v]
@@ -204,6 +223,13 @@ def main():
         results = [f.result() for f in futures]
     order = {job: i for i, job in enumerate((c, v) for c in corpora for v in variants)}
     saved["results"] = sorted(results, key=lambda r: order[(r["corpus"], r["variant"])])
+    earlier = benchdoc.load_result("quality") if args.merge else None
+    if earlier:
+        new = {(r["corpus"], r["variant"]) for r in results}
+        kept = [r for r in earlier["results"] if (r["corpus"], r["variant"]) not in new]
+        saved["results"] = kept + saved["results"]
+        saved["command"] = earlier["command"] + "; then " + saved["command"]
+        saved["augment"] = earlier["augment"]
     benchdoc.save_result("quality", saved)
     render(saved)
     print("\n".join(table(saved["results"])))
