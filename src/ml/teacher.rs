@@ -67,7 +67,8 @@ impl Teacher {
                 let started = Instant::now();
                 let progress = |done: usize, total: usize| {
                     let within = done as f64 / total.max(1) as f64;
-                    let event = pass_progress(progress, Phase::Labeling, within, done, started);
+                    let event =
+                        pass_progress(progress, Phase::Labeling, within, (done, total), started);
                     progress.observer.on_event(&event);
                 };
                 let stop = || cancel.reason().is_some();
@@ -80,13 +81,13 @@ impl Teacher {
     }
 }
 
-/// Progress of a pass over texts (embedding or labelling) that has done `done` of them and
-/// is `within` (0 to 1) of the way through its part of the job.
+/// Progress of a pass over texts (embedding or labelling) that has done `done` of its
+/// `total` texts and is `within` (0 to 1) of the way through its part of the job.
 fn pass_progress(
     progress: &JobProgress<'_>,
     phase: Phase,
     within: f64,
-    done: usize,
+    (done, total): (usize, usize),
     started: Instant,
 ) -> TrainEvent {
     let (fraction, eta_seconds) = progress.at(within);
@@ -95,7 +96,7 @@ fn pass_progress(
         epoch: 1,
         epochs: 1,
         step: done,
-        steps: (done as f64 / within.max(1e-9)).round() as usize,
+        steps: total,
         loss: LossTerms::default(),
         examples_per_second: done as f64 / started.elapsed().as_secs_f64().max(1e-9),
         eta_seconds,
@@ -275,7 +276,7 @@ pub fn train_transformer(
     let embed_started = Instant::now();
     let embed_progress = |done: usize, total: usize| {
         let within = embed_share * done as f64 / total.max(1) as f64;
-        let event = pass_progress(progress, Phase::Teacher, within, done, embed_started);
+        let event = pass_progress(progress, Phase::Teacher, within, (done, total), embed_started);
         progress.observer.on_event(&event);
     };
     let stop = || cancel.reason().is_some();
