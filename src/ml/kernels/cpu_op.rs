@@ -65,17 +65,18 @@ fn backward_one<T: Real>(
     with_cell!(cell, C => backward::<T, C>(saved, w, d_out))
 }
 
-/// Runs `f(0)` and `f(1)`, on two threads when `parallel`.
+/// Runs `f(0)` and `f(1)`, on two threads of rayon's pool when `parallel`.
+///
+/// The pool's threads live as long as the process. A thread spawned per call (as an
+/// earlier version did) starts with an empty allocator heap, so every step of a teacher
+/// faulted its large buffers in afresh: 310 page faults a step against none on one thread.
 fn both<R: Send>(parallel: bool, f: impl Fn(usize) -> R + Sync) -> candle_core::Result<[R; 2]> {
     if !parallel {
         return Ok([f(0), f(1)]);
     }
-    std::thread::scope(|scope| {
-        let first = scope.spawn(|| f(0));
-        let second = f(1);
-        let first = first.join().map_err(|_| KernelError::WorkerPanicked)?;
-        Ok([first, second])
-    })
+    let run = std::panic::AssertUnwindSafe(|| rayon::join(|| f(0), || f(1)));
+    let (first, second) = std::panic::catch_unwind(run).map_err(|_| KernelError::WorkerPanicked)?;
+    Ok([first, second])
 }
 
 /// Row `r` of the result is row `r` of `parts[0]` followed by row `r` of `parts[1]`.
