@@ -24,6 +24,12 @@ impl<'a, T> MatRef<'a, T> {
         Self { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
+    /// A `rows x cols` row-major matrix whose rows start `row_stride` elements apart (a
+    /// block of columns of a wider matrix, when `data` starts at its first column).
+    pub(crate) fn strided(data: &'a [T], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self { data, rows, cols, row_stride, col_stride: 1 }
+    }
+
     /// The transpose of this view (no copy).
     pub(crate) fn t(self) -> Self {
         Self {
@@ -60,23 +66,43 @@ pub(crate) fn matmul<T: Real>(
     lhs: MatRef<'_, T>,
     rhs: MatRef<'_, T>,
 ) {
+    let n = rhs.cols;
+    matmul_strided(dst, n, accumulate, lhs, rhs, 1);
+}
+
+/// [`matmul`] into rows of `dst` that start `dst_stride` elements apart (at least
+/// `rhs.cols`), on up to `threads` threads of rayon's pool.
+///
+/// # Panics
+/// As [`matmul`], and when `dst_stride < rhs.cols`.
+pub(crate) fn matmul_strided<T: Real>(
+    dst: &mut [T],
+    dst_stride: usize,
+    accumulate: bool,
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    threads: usize,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions of a matrix product differ");
-    assert!(dst.len() >= m * n, "product destination too small");
+    assert!(dst_stride >= n, "destination rows overlap");
+    assert!(m == 0 || dst.len() >= (m - 1) * dst_stride + n, "product destination too small");
     assert!(lhs.in_bounds() && rhs.in_bounds(), "matrix view out of bounds");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::zero());
+            dst.chunks_mut(dst_stride).take(m).for_each(|row| row[..n].fill(T::zero()));
         }
         return;
     }
+    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
 
-    // SAFETY: `dst` holds at least m * n elements written with row stride n and column
-    // stride 1, and both operand views were checked above to address only elements of
-    // their slices. The destination is a unique borrow, so it aliases neither operand.
+    // SAFETY: the last element written is (m - 1) * dst_stride + n - 1, inside `dst` as
+    // checked above, and rows do not overlap (dst_stride >= n); both operand views were
+    // checked to address only elements of their slices. The destination is a unique
+    // borrow, so it aliases neither operand.
     unsafe {
         gemm::gemm(
             m,
@@ -84,7 +110,7 @@ pub(crate) fn matmul<T: Real>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -97,7 +123,7 @@ pub(crate) fn matmul<T: Real>(
             false,
             false,
             false,
-            Parallelism::None,
+            parallelism,
         );
     }
 }

@@ -2,8 +2,9 @@
 //! the element loops of the fused AdamW step (`adam.rs`, used by [`crate::ml::optim`]).
 //!
 //! The model code projects the inputs of every step with one matrix product
-//! (`xs_proj = x @ W_ih^T + b_ih`, shape `(B, T, G*H)`) and hands the recurrence to
-//! [`recurrent_layer`]. On the CPU with `f32`/`f64` that is a fused Candle custom op
+//! (`xs_proj = x @ W_ih^T`, shape `(B, T, G*H)`, both directions side by side through
+//! [`project_directions`]; `b_ih` joins `b_hh` where the cell allows, else it is added
+//! here) and hands the recurrence to [`recurrent_layer`]. On the CPU with `f32`/`f64` that is a fused Candle custom op
 //! (`cpu_op.rs`) running the time loop and a hand-written backward pass over the whole
 //! sequence; anywhere else (CUDA, other dtypes) it is [`recurrent_layer_reference`], the
 //! same computation in plain tensor ops stepped in time, which also serves as the test
@@ -34,6 +35,7 @@ mod cpu_op;
 mod gemm;
 mod gru;
 mod lstm;
+mod projection;
 mod reference;
 mod rnn;
 mod schedule;
@@ -48,6 +50,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use bias::add_bias;
 pub use bidirectional::{bidirectional_layer, bidirectional_layer_inference};
+pub use projection::project_directions;
 pub use reference::recurrent_layer_reference;
 
 use crate::ml::config::CellKind;
