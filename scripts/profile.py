@@ -34,11 +34,13 @@ RULES = [
     (r"kernels::sequence::backward|SequenceOp<T> as .*CustomOp3>::bwd", "recurrent kernel: backward"),
     (r"kernels::sequence::forward_train", "recurrent kernel: forward"),
     (r"kernels::sequence::forward_infer", "recurrent kernel: inference"),
+    (r"kernels::projection::.*backward", "input projection op: backward"),
+    (r"kernels::projection::", "input projection op: forward"),
     (r"optim::", "optimizer step"),
     (r"index_add", "embedding gradient (index_add)"),
     (r"GradStore::or_insert|zeros_like|zeros_impl", "gradient buffers (zeros)"),
     (r"index_select", "gathers (embedding rows, pooled states)"),
-    (r"Tensor::matmul", "matmul outside the kernels (input projection, head)"),
+    (r"Tensor::matmul", "matmul outside the kernels (GRU input projection, head)"),
     (r"Tensor::cat\b|Tensor::cat<|cat_contiguous", "concat"),
     (r"reduce_op|sum_keepdim|Tensor::sum", "reductions (bias gradients, loss)"),
     (r"Tensor::add|Tensor::sub|binary_impl|broadcast_add|Tensor::mul", "elementwise add/mul"),
@@ -50,7 +52,7 @@ RULES = [
 ]
 PHASED = {"embedding gradient (index_add)", "gradient buffers (zeros)",
           "gathers (embedding rows, pooled states)",
-          "matmul outside the kernels (input projection, head)", "concat",
+          "matmul outside the kernels (GRU input projection, head)", "concat",
           "reductions (bias gradients, loss)", "elementwise add/mul", "copies to contiguous"}
 
 
