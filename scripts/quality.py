@@ -197,6 +197,9 @@ def render(saved):
         f"replaced and n-gram variants; factors: `{saved['augment']}`).",
         "",
     ]
+    notes = ROOT / "docs" / "bench" / "quality-notes.md"
+    if notes.is_file():
+        lines += ["## Notes (written by hand)", "", notes.read_text().strip(), ""]
     DOC.write_text("\n".join(lines))
     print(f"wrote {DOC.relative_to(ROOT)}")
 

@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// Folder of an earlier model whose teacher is reused instead of training one.
     #[arg(long)]
     teacher_model: Option<PathBuf>,
+    /// Folder of an earlier model whose stored transfer set and teacher logits a new student
+    /// learns from; no teacher runs (the `teacher.job_id` of the service).
+    #[arg(long, conflicts_with = "teacher_model")]
+    transfer_model: Option<PathBuf>,
     /// Folder of pretrained transformer folders, for `teacher.kind: transformer`.
     #[arg(long, env = "DISTILLERY_PRETRAINED_DIR")]
     pretrained_dir: Option<PathBuf>,
@@ -58,6 +62,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.teacher_model.is_some() && config.teacher.model_id.is_none() {
         config.teacher.model_id = Some("cli".to_string());
     }
+    if args.transfer_model.is_some() && config.teacher.job_id.is_none() {
+        config.teacher.job_id = Some("cli".to_string());
+    }
     let limits = ReadLimits::default();
     let train =
         read_file(&args.train, &limits).with_context(|| format!("in {}", args.train.display()))?;
@@ -70,6 +77,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let work_dir = args.work_dir.clone().unwrap_or_else(|| args.out.join("checkpoints"));
     let inputs = JobInputs {
         teacher_model: args.teacher_model.clone(),
+        transfer_model: args.transfer_model.clone(),
         pretrained_dir: args.pretrained_dir.clone(),
         ..JobInputs::new(train, valid)
     };
