@@ -90,7 +90,7 @@ fn interleave<T: Copy>(parts: &[Vec<T>; 2], rows: usize, width: usize) -> Vec<T>
 }
 
 /// The contiguous elements of a CPU tensor of type `T`.
-fn cpu_slice<'a, T: Real>(
+pub(super) fn cpu_slice<'a, T: Real>(
     storage: &'a CpuStorage,
     layout: &Layout,
 ) -> candle_core::Result<&'a [T]> {

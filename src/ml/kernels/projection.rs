@@ -15,6 +15,7 @@ use candle_core::{
 };
 
 use super::activation::Real;
+use super::cpu_op::cpu_slice;
 use super::gemm::{matmul_strided, MatRef};
 use super::KernelError;
 
@@ -131,8 +132,8 @@ impl Projection {
     ) -> Result<(CpuStorage, Shape)> {
         let shapes: Vec<&[usize]> = weights.iter().map(|(_, l)| l.dims()).collect();
         let sizes = self.check(xs.1.dims(), &shapes)?;
-        let x = contiguous::<T>(xs)?;
-        let ws = weights.iter().map(|&w| contiguous::<T>(w)).collect::<Result<Vec<_>>>()?;
+        let x = cpu_slice::<T>(xs.0, xs.1)?;
+        let ws = weights.iter().map(|&(s, l)| cpu_slice::<T>(s, l)).collect::<Result<Vec<_>>>()?;
         let out = self.forward(x, &ws, sizes);
         let shape = Shape::from((self.batch, self.time, weights.len() * sizes.1));
         Ok((T::to_cpu_storage_owned(out), shape))
@@ -247,15 +248,6 @@ impl CustomOp3 for Projection {
     }
 }
 
-/// The elements of a contiguous CPU storage.
-fn contiguous<'a, T: Real>((storage, layout): (&'a CpuStorage, &Layout)) -> Result<&'a [T]> {
-    let data = T::cpu_storage_as_slice(storage)?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => Err(KernelError::NotContiguous.into()),
-    }
-}
-
 /// Runs `f` on the elements of each tensor (made contiguous first), in order.
 fn with_slices<T: Real, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> Result<R>) -> Result<R> {
     let tensors = tensors.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
@@ -263,7 +255,7 @@ fn with_slices<T: Real, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> Resul
     let slices = guards
         .iter()
         .map(|(storage, layout)| match &**storage {
-            Storage::Cpu(cpu) => contiguous::<T>((cpu, layout)),
+            Storage::Cpu(cpu) => cpu_slice::<T>(cpu, layout),
             _ => Err(KernelError::NotCpu.into()),
         })
         .collect::<Result<Vec<_>>>()?;
