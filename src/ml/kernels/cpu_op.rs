@@ -106,12 +106,26 @@ fn with_tensor_slice<T: Real, R>(
     tensor: &Tensor,
     f: impl FnOnce(&[T]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let tensor = tensor.contiguous()?;
-    let (storage, layout) = tensor.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu_slice::<T>(cpu, layout)?),
-        _ => Err(KernelError::NotCpu.into()),
-    }
+    with_slices(&[tensor], |slices| f(slices[0]))
+}
+
+/// Runs `f` on the elements of each CPU tensor of type `T` (made contiguous first), in
+/// order.
+pub(super) fn with_slices<T: Real, R>(
+    tensors: &[&Tensor],
+    f: impl FnOnce(&[&[T]]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let tensors =
+        tensors.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(cpu) => cpu_slice::<T>(cpu, layout),
+            _ => Err(KernelError::NotCpu.into()),
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    f(&slices)
 }
 
 /// Stores the saved state of a forward pass.

@@ -10,14 +10,11 @@
 //! of columns of the output gradient.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use super::activation::Real;
-use super::cpu_op::cpu_slice;
+use super::cpu_op::{cpu_slice, with_slices};
 use super::gemm::{matmul_strided, MatRef};
-use super::KernelError;
 
 /// `(B, T, D*N)` projections of inputs `xs` `(B*T, in)` by the `D` (1 or 2) weights
 /// `(N, in)` in `weights`: direction `d` fills columns `d*N..(d+1)*N`.
@@ -246,20 +243,6 @@ impl CustomOp3 for Projection {
         let mut d_ws = d_ws.into_iter();
         Ok((Some(d_xs), d_ws.next(), d_ws.next()))
     }
-}
-
-/// Runs `f` on the elements of each tensor (made contiguous first), in order.
-fn with_slices<T: Real, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> Result<R>) -> Result<R> {
-    let tensors = tensors.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
-    let slices = guards
-        .iter()
-        .map(|(storage, layout)| match &**storage {
-            Storage::Cpu(cpu) => cpu_slice::<T>(cpu, layout),
-            _ => Err(KernelError::NotCpu.into()),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    f(&slices)
 }
 
 #[cfg(test)]
