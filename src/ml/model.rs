@@ -213,7 +213,12 @@ impl Classifier {
                         Some(previous) => self.dropout(&previous, &mut mode)?,
                         None => self.embedding.index_select(&ids, 0)?,
                     };
-                    self.project(&input.reshape((b * t, ()))?, layer, (b, t), &mode)?
+                    let flat = input.reshape((b * t, ()))?;
+                    if matches!(mode, Mode::Train(_)) && kernels::trains_fused(&flat) {
+                        xs = Some(self.train_layer(&flat, layer, &batch.lengths, (b, t))?);
+                        continue;
+                    }
+                    self.project(&flat, layer, (b, t), &mode)?
                 }
             };
             xs = Some(self.recurrent(layer, input, &batch.lengths, &mode)?);
@@ -251,6 +256,23 @@ impl Classifier {
         }
         let run = if train { kernels::recurrent_layer } else { kernels::recurrent_layer_inference };
         run(&input.proj, &layer[0].w_hh, &input.bias, cell, lengths, false)
+    }
+
+    /// One layer for training on the CPU, over inputs `(B*T, in)`: `(B, T, D*H)`.
+    ///
+    /// Projection and recurrence run as one op ([`kernels::layer_train`]), which keeps
+    /// the `(B, T, D*G*H)` projection out of the autograd graph.
+    fn train_layer(
+        &self,
+        flat: &Tensor,
+        layer: &[Direction],
+        lengths: &Arc<Vec<usize>>,
+        (b, t): (usize, usize),
+    ) -> Result<Tensor> {
+        let w_ih = Tensor::stack(&layer.iter().map(|dir| &dir.w_ih).collect::<Vec<_>>(), 0)?;
+        let rec: Vec<_> = layer.iter().map(|dir| (&dir.w_hh, &dir.b_ih, &dir.b_hh)).collect();
+        let rec = kernels::pack_recurrent(&rec)?;
+        kernels::layer_train(flat, &w_ih, &rec, self.config.cell, lengths, (b, t))
     }
 
     /// The input projections of one layer's directions for inputs `(B*T, in)`, side by

@@ -15,7 +15,9 @@ use super::gru::Gru;
 use super::lstm::Lstm;
 use super::rnn::Rnn;
 use super::schedule::Schedule;
-use super::sequence::{backward, forward_infer, forward_train, Dims, Grads, Inputs, Rows, Saved};
+use super::sequence::{
+    backward, forward_infer, forward_train, split_rows, Dims, Grads, Inputs, Rows, RowsMut, Saved,
+};
 use super::KernelError;
 use crate::ml::config::CellKind;
 
@@ -39,54 +41,52 @@ macro_rules! with_cell {
     };
 }
 
-/// Forward pass of one direction; the saved state only when `keep`.
-fn forward_one<T: Real>(
+/// Forward pass of one direction into its output rows; the saved state only when `keep`.
+pub(super) fn forward_one<T: Real>(
     cell: CellKind,
-    inp: Inputs<'_, T>,
-    dims: Dims,
-    sched: Schedule,
+    (inp, dims, sched): (Inputs<'_, T>, Dims, Schedule),
     keep: bool,
-) -> (Vec<T>, Option<Saved<T>>) {
+    out: RowsMut<'_, '_, T>,
+) -> Option<Saved<T>> {
     if keep {
-        let (out, saved) = with_cell!(cell, C => forward_train::<T, C>(inp, dims, sched));
-        (out, Some(saved))
+        Some(with_cell!(cell, C => forward_train::<T, C>(inp, dims, sched, out)))
     } else {
-        (with_cell!(cell, C => forward_infer::<T, C>(inp, dims, &sched)), None)
+        with_cell!(cell, C => forward_infer::<T, C>(inp, dims, &sched, out));
+        None
     }
 }
 
-/// Backward pass of one direction.
-fn backward_one<T: Real>(
+/// Backward pass of one direction; its input gradient goes to the rows `d_xs`.
+pub(super) fn backward_one<T: Real>(
     cell: CellKind,
     saved: &Saved<T>,
     w: &[T],
     d_out: Rows<'_, T>,
+    d_xs: RowsMut<'_, '_, T>,
 ) -> Grads<T> {
-    with_cell!(cell, C => backward::<T, C>(saved, w, d_out))
+    with_cell!(cell, C => backward::<T, C>(saved, w, d_out, d_xs))
 }
 
-/// Runs `f(0)` and `f(1)`, on two threads of rayon's pool when `parallel`.
+/// Runs `f(d, part)` for each direction `d` and its part, on one thread of rayon's pool
+/// per direction when `parallel` (and there are two).
 ///
 /// The pool's threads live as long as the process. A thread spawned per call (as an
 /// earlier version did) starts with an empty allocator heap, so every step of a teacher
 /// faulted its large buffers in afresh: 310 page faults a step against none on one thread.
-fn both<R: Send>(parallel: bool, f: impl Fn(usize) -> R + Sync) -> candle_core::Result<[R; 2]> {
-    if !parallel {
-        return Ok([f(0), f(1)]);
+pub(super) fn per_direction<P: Send, R: Send>(
+    parallel: bool,
+    parts: Vec<P>,
+    f: impl Fn(usize, P) -> R + Sync,
+) -> candle_core::Result<Vec<R>> {
+    if !parallel || parts.len() != 2 {
+        return Ok(parts.into_iter().enumerate().map(|(d, p)| f(d, p)).collect());
     }
-    let run = std::panic::AssertUnwindSafe(|| rayon::join(|| f(0), || f(1)));
+    let mut parts = parts.into_iter();
+    let (p0, p1) = (parts.next(), parts.next());
+    let (Some(p0), Some(p1)) = (p0, p1) else { unreachable!("two parts were checked") };
+    let run = std::panic::AssertUnwindSafe(|| rayon::join(|| f(0, p0), || f(1, p1)));
     let (first, second) = std::panic::catch_unwind(run).map_err(|_| KernelError::WorkerPanicked)?;
-    Ok([first, second])
-}
-
-/// Row `r` of the result is row `r` of `parts[0]` followed by row `r` of `parts[1]`.
-fn interleave<T: Copy>(parts: &[Vec<T>; 2], rows: usize, width: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows * 2 * width);
-    for r in 0..rows {
-        out.extend_from_slice(&parts[0][r * width..][..width]);
-        out.extend_from_slice(&parts[1][r * width..][..width]);
-    }
-    out
+    Ok(vec![first, second])
 }
 
 /// The contiguous elements of a CPU tensor of type `T`.
@@ -129,7 +129,7 @@ pub(super) fn with_slices<T: Real, R>(
 }
 
 /// Stores the saved state of a forward pass.
-fn store<S>(slot: &Mutex<Option<S>>, value: S) -> candle_core::Result<()> {
+pub(super) fn store<S>(slot: &Mutex<Option<S>>, value: S) -> candle_core::Result<()> {
     *slot.lock().map_err(|_| KernelError::Poisoned)? = Some(value);
     Ok(())
 }
@@ -171,7 +171,10 @@ impl<T: Real> CustomOp3 for SequenceOp<T> {
         let inp = Inputs { xs, w_hh: cpu_slice(s2, l2)?, b_hh: cpu_slice(s3, l3)? };
         let sched = Schedule::new(&self.lengths, self.reverse);
 
-        let (out, saved) = forward_one(self.cell, inp, dims, sched, self.keep);
+        let mut out = vec![T::zero(); dims.batch * dims.time * dims.hidden];
+        let mut rows = split_rows(&mut out, dims.hidden, 1).remove(0);
+        let saved = forward_one(self.cell, (inp, dims, sched), self.keep, &mut rows);
+        drop(rows);
         if let Some(saved) = saved {
             store(&self.saved, saved)?;
         }
@@ -189,16 +192,20 @@ impl<T: Real> CustomOp3 for SequenceOp<T> {
         let guard = self.saved.lock().map_err(|_| KernelError::Poisoned)?;
         let saved = guard.as_ref().ok_or(KernelError::NoForwardState)?;
 
+        let dims = saved.dims();
+        let mut d_xs = vec![T::zero(); dims.batch * dims.time * dims.gate_width()];
+        let mut rows = split_rows(&mut d_xs, dims.gate_width(), 1).remove(0);
         let grads = with_tensor_slice::<T, _>(w_hh, |w| {
             with_tensor_slice::<T, _>(grad_res, |d_out| {
-                let d_out = Rows::dense(d_out, saved.dims().hidden);
-                Ok(backward_one(self.cell, saved, w, d_out))
+                let d_out = Rows::dense(d_out, dims.hidden);
+                Ok(backward_one(self.cell, saved, w, d_out, &mut rows))
             })
         })?;
+        drop(rows);
 
         let device = xs.device();
         Ok((
-            Some(Tensor::from_vec(grads.d_xs, xs.shape(), device)?),
+            Some(Tensor::from_vec(d_xs, xs.shape(), device)?),
             Some(Tensor::from_vec(grads.d_w_hh, w_hh.shape(), device)?),
             Some(Tensor::from_vec(grads.d_b_hh, b_hh.shape(), device)?),
         ))
@@ -249,16 +256,16 @@ impl<T: Real> CustomOp3 for BidirectionalOp<T> {
         let (xs, w, b) =
             (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
 
-        let [(out0, saved0), (out1, saved1)] = both(self.parallel, |d| {
+        let mut out = vec![T::zero(); dims.batch * dims.time * 2 * h];
+        let saved = per_direction(self.parallel, split_rows(&mut out, h, 2), |d, mut rows| {
             let xs = Rows { data: xs, stride: 2 * gw, offset: d * gw };
             let inp = Inputs { xs, w_hh: &w[d * gw * h..][..gw * h], b_hh: &b[d * gw..][..gw] };
-            forward_one(self.cell, inp, dims, Schedule::new(&self.lengths, d == 1), self.keep)
+            let sched = Schedule::new(&self.lengths, d == 1);
+            forward_one(self.cell, (inp, dims, sched), self.keep, &mut rows)
         })?;
-        if let (Some(s0), Some(s1)) = (saved0, saved1) {
+        if let [Some(s0), Some(s1)] = <[_; 2]>::try_from(saved).unwrap_or([None, None]) {
             store(&self.saved, [s0, s1])?;
         }
-
-        let out = interleave(&[out0, out1], dims.batch * dims.time, h);
         Ok((T::to_cpu_storage_owned(out), Shape::from((dims.batch, dims.time, 2 * h))))
     }
 
@@ -275,19 +282,20 @@ impl<T: Real> CustomOp3 for BidirectionalOp<T> {
         let dims = saved[0].dims();
         let (gw, h) = (dims.gate_width(), dims.hidden);
 
-        let [g0, g1] = with_tensor_slice::<T, _>(w_hh, |w| {
+        let mut d_xs = vec![T::zero(); dims.batch * dims.time * 2 * gw];
+        let grads = with_tensor_slice::<T, _>(w_hh, |w| {
             with_tensor_slice::<T, _>(grad_res, |d_out| {
-                both(self.parallel, |d| {
+                per_direction(self.parallel, split_rows(&mut d_xs, gw, 2), |d, mut rows| {
                     let d_out = Rows { data: d_out, stride: 2 * h, offset: d * h };
-                    backward_one(self.cell, &saved[d], &w[d * gw * h..][..gw * h], d_out)
+                    let w = &w[d * gw * h..][..gw * h];
+                    backward_one(self.cell, &saved[d], w, d_out, &mut rows)
                 })
             })
         })?;
 
         let device = xs.device();
-        let d_xs = interleave(&[g0.d_xs, g1.d_xs], dims.batch * dims.time, gw);
-        let d_w = [g0.d_w_hh, g1.d_w_hh].concat();
-        let d_b = [g0.d_b_hh, g1.d_b_hh].concat();
+        let d_w: Vec<T> = grads.iter().flat_map(|g| g.d_w_hh.iter().copied()).collect();
+        let d_b: Vec<T> = grads.iter().flat_map(|g| g.d_b_hh.iter().copied()).collect();
         Ok((
             Some(Tensor::from_vec(d_xs, xs.shape(), device)?),
             Some(Tensor::from_vec(d_w, w_hh.shape(), device)?),

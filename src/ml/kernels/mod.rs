@@ -1,16 +1,19 @@
 //! Speed-critical CPU kernels of the training core: recurrent layers as single ops, and
 //! the element loops of the fused AdamW step (`adam.rs`, used by [`crate::ml::optim`]).
 //!
-//! The model code projects the inputs of every step with one matrix product
-//! (`xs_proj = x @ W_ih^T`, shape `(B, T, G*H)`, both directions side by side through
-//! [`project_directions`]; `b_ih` joins `b_hh` where the cell allows, else it is added
-//! here) and hands the recurrence to [`recurrent_layer`]. On the CPU with `f32`/`f64` that is a fused Candle custom op
-//! (`cpu_op.rs`) running the time loop and a hand-written backward pass over the whole
-//! sequence; anywhere else (CUDA, other dtypes) it is [`recurrent_layer_reference`], the
-//! same computation in plain tensor ops stepped in time, which also serves as the test
-//! oracle. [`recurrent_layer_inference`] skips everything only training needs.
+//! For inference (and for training off the CPU) the model code projects the inputs of
+//! every step with one matrix product (`xs_proj = x @ W_ih^T`, shape `(B, T, G*H)`, both
+//! directions side by side through [`project_directions`]; `b_ih` joins `b_hh` where the
+//! cell allows, else it is added there) and hands the recurrence to [`recurrent_layer`].
+//! On the CPU with `f32`/`f64` that is a fused Candle custom op (`cpu_op.rs`) running the
+//! time loop and a hand-written backward pass over the whole sequence; anywhere else
+//! (CUDA, other dtypes) it is [`recurrent_layer_reference`], the same computation in
+//! plain tensor ops stepped in time, which also serves as the test oracle.
+//! [`recurrent_layer_inference`] skips everything only training needs.
 //! [`bidirectional_layer`] runs both directions of a layer as one op, optionally on two
-//! threads. [`add_bias`] is `broadcast_add` of a bias with a fast backward pass.
+//! threads. [`layer_train`] is what training on the CPU uses: projection and recurrence
+//! of a whole layer in one op, so the projection never becomes a tensor of the autograd
+//! graph. [`add_bias`] is `broadcast_add` of a bias with a fast backward pass.
 //!
 //! Speed notes: rows are sorted by length so each step is one matrix product over the
 //! rows still running (`schedule.rs`); products use the `gemm` crate on the calling
@@ -34,6 +37,7 @@ mod cell;
 mod cpu_op;
 mod gemm;
 mod gru;
+mod layer;
 mod lstm;
 mod projection;
 mod reference;
@@ -50,6 +54,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use bias::add_bias;
 pub use bidirectional::{bidirectional_layer, bidirectional_layer_inference};
+pub use layer::{layer_train, pack_recurrent, trains_fused};
 pub use projection::project_directions;
 pub use reference::recurrent_layer_reference;
 

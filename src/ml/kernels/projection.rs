@@ -61,10 +61,13 @@ pub fn project_directions(
 
 /// The op: the batch and time sizes of the output, and the threads of the products.
 #[derive(Debug, Clone, Copy)]
-struct Projection {
-    batch: usize,
-    time: usize,
-    threads: usize,
+pub(super) struct Projection {
+    /// Batch rows `B`.
+    pub batch: usize,
+    /// Time steps `T`.
+    pub time: usize,
+    /// Threads of rayon's pool the products may use.
+    pub threads: usize,
 }
 
 impl Projection {
@@ -84,7 +87,12 @@ impl Projection {
     }
 
     /// The forward pass over slices: `(B*T, D*N)` row-major.
-    fn forward<T: Real>(&self, xs: &[T], weights: &[&[T]], (inp, n): (usize, usize)) -> Vec<T> {
+    pub(super) fn forward<T: Real>(
+        &self,
+        xs: &[T],
+        weights: &[&[T]],
+        (inp, n): (usize, usize),
+    ) -> Vec<T> {
         let rows = self.batch * self.time;
         let width = weights.len() * n;
         let mut out = vec![T::zero(); rows * width];
@@ -97,7 +105,7 @@ impl Projection {
     }
 
     /// The backward pass over slices: the input gradient `(B*T, in)`, then each weight's.
-    fn backward<T: Real>(
+    pub(super) fn backward<T: Real>(
         &self,
         xs: &[T],
         weights: &[&[T]],

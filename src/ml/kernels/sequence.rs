@@ -65,6 +65,21 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
+/// Output rows of a `(B, T, width)` array, one slice per position `p = b * T + t`: the
+/// layout in which each direction of a layer writes its block of a wider output row.
+pub(crate) type RowsMut<'a, 'b, T> = &'a mut [&'b mut [T]];
+
+/// The rows of `data` (rows of `width * parts` elements) split into `parts` sets: set `d`
+/// holds block `d` of every row, so that each direction can write its own block.
+pub(crate) fn split_rows<T>(data: &mut [T], width: usize, parts: usize) -> Vec<Vec<&mut [T]>> {
+    let mut sets: Vec<Vec<&mut [T]>> =
+        (0..parts).map(|_| Vec::with_capacity(data.len() / (width * parts).max(1))).collect();
+    for (i, block) in data.chunks_exact_mut(width).enumerate() {
+        sets[i % parts].push(block);
+    }
+    sets
+}
+
 /// Read-only inputs of a layer call.
 #[derive(Clone, Copy)]
 pub(crate) struct Inputs<'a, T> {
@@ -92,10 +107,8 @@ impl<T> Saved<T> {
     }
 }
 
-/// Gradients of a layer call.
+/// Weight gradients of a layer call (the input gradient goes to rows the caller gives).
 pub(crate) struct Grads<T> {
-    /// `(B, T, G*H)`, zero at padded positions.
-    pub d_xs: Vec<T>,
     /// `(G*H, H)`.
     pub d_w_hh: Vec<T>,
     /// `(G*H)`.
@@ -140,7 +153,7 @@ fn forward_step<T: Real, C: Cell>(
     (dims, sched): (Dims, &Schedule),
     gates: &mut [T],
     st: StepState<'_, T>,
-    out: &mut [T],
+    out: RowsMut<'_, '_, T>,
 ) {
     let (h, gw) = (dims.hidden, dims.gate_width());
     let n = sched.active[s];
@@ -166,18 +179,18 @@ fn forward_step<T: Real, C: Cell>(
 }
 
 /// The element-wise part of one forward step, over its active rows.
-struct ForwardRows<'a, T, C> {
+struct ForwardRows<'a, 'b, T, C> {
     s: usize,
     inp: Inputs<'a, T>,
     dims: Dims,
     sched: &'a Schedule,
     gates: &'a [T],
     st: StepState<'a, T>,
-    out: &'a mut [T],
+    out: RowsMut<'a, 'b, T>,
     cell: PhantomData<C>,
 }
 
-impl<T: Real, C: Cell> VectorLoop for ForwardRows<'_, T, C> {
+impl<T: Real, C: Cell> VectorLoop for ForwardRows<'_, '_, T, C> {
     type Output = ();
 
     #[inline(always)]
@@ -196,22 +209,23 @@ impl<T: Real, C: Cell> VectorLoop for ForwardRows<'_, T, C> {
             };
             let (h_i, c_i) = (&mut st.h[i * h..][..h], &mut st.c[i * cw..][..cw]);
             C::forward_row(row, h_i, c_i, &mut st.saved[i * sw..][..sw]);
-            self.out[pos * h..][..h].copy_from_slice(&st.h[i * h..][..h]);
+            self.out[pos].copy_from_slice(&st.h[i * h..][..h]);
         }
     }
 }
 
 /// Forward pass keeping every step's state and activations for [`backward`].
 ///
-/// Returns the `(B, T, H)` output (zero at padded positions) and the saved state.
+/// Writes the hidden state of every real position into its row of `out` (`B*T` rows of
+/// `H`; rows of padded positions are left as they are) and returns the saved state.
 pub(crate) fn forward_train<T: Real, C: Cell>(
     inp: Inputs<'_, T>,
     dims: Dims,
     sched: Schedule,
-) -> (Vec<T>, Saved<T>) {
+    out: RowsMut<'_, '_, T>,
+) -> Saved<T> {
     let (h, cw, sw) = (dims.hidden, cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
     let total = sched.total();
-    let mut out = vec![T::zero(); dims.batch * dims.time * h];
     let mut hs = vec![T::zero(); total * h];
     let mut cs = vec![T::zero(); total * cw];
     let mut acts = vec![T::zero(); total * sw];
@@ -231,19 +245,20 @@ pub(crate) fn forward_train<T: Real, C: Cell>(
             c: &mut cs_rest[..(hi - lo) * cw],
             saved: &mut acts[lo * sw..hi * sw],
         };
-        forward_step::<T, C>(s, (inp, &w_t), (dims, &sched), &mut gates, st, &mut out);
+        forward_step::<T, C>(s, (inp, &w_t), (dims, &sched), &mut gates, st, out);
     }
-    (out, Saved { dims, schedule: sched, hs, cs, acts })
+    Saved { dims, schedule: sched, hs, cs, acts }
 }
 
-/// Forward pass that keeps only the running state: the output alone, for inference.
+/// Forward pass that keeps only the running state, for inference; writes `out` as
+/// [`forward_train`] does.
 pub(crate) fn forward_infer<T: Real, C: Cell>(
     inp: Inputs<'_, T>,
     dims: Dims,
     sched: &Schedule,
-) -> Vec<T> {
+    out: RowsMut<'_, '_, T>,
+) {
     let (h, cw, sw) = (dims.hidden, cell_width::<C>(dims.hidden), C::SAVED * dims.hidden);
-    let mut out = vec![T::zero(); dims.batch * dims.time * h];
     let (mut h_prev, mut h_next) =
         (vec![T::zero(); dims.batch * h], vec![T::zero(); dims.batch * h]);
     let (mut c_prev, mut c_next) =
@@ -260,11 +275,10 @@ pub(crate) fn forward_infer<T: Real, C: Cell>(
             c: &mut c_next,
             saved: &mut scratch,
         };
-        forward_step::<T, C>(s, (inp, &w_t), (dims, sched), &mut gates, st, &mut out);
+        forward_step::<T, C>(s, (inp, &w_t), (dims, sched), &mut gates, st, out);
         std::mem::swap(&mut h_prev, &mut h_next);
         std::mem::swap(&mut c_prev, &mut c_next);
     }
-    out
 }
 
 /// The transpose of a row-major `rows x cols` matrix.
@@ -289,16 +303,18 @@ fn transpose<T: Real>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
 /// Backward pass over the whole sequence.
 ///
 /// `w_hh` is the `(G*H, H)` weight of the forward pass; `d_out` the `(B, T, H)` gradient
-/// of the output (values at padded positions are ignored).
+/// of the output (values at padded positions are ignored). The input gradient of every
+/// real position goes to its row of `d_xs` (`B*T` rows of `G*H`; rows of padded positions
+/// are left as they are).
 pub(crate) fn backward<T: Real, C: Cell>(
     saved: &Saved<T>,
     w_hh: &[T],
     d_out: Rows<'_, T>,
+    d_xs: RowsMut<'_, '_, T>,
 ) -> Grads<T> {
     let (dims, sched) = (saved.dims, &saved.schedule);
     let (h, gw) = (dims.hidden, dims.gate_width());
     let (cw, sw) = (cell_width::<C>(h), C::SAVED * h);
-    let mut d_xs = vec![T::zero(); dims.batch * dims.time * gw];
     let mut d_hh = vec![T::zero(); sched.total() * gw];
     let mut dh = vec![T::zero(); dims.batch * h];
     let mut dc = vec![T::zero(); dims.batch * cw];
@@ -319,7 +335,7 @@ pub(crate) fn backward<T: Real, C: Cell>(
             c: &saved.cs[lo * cw..],
             acts: &saved.acts[lo * sw..],
         };
-        let grads = StepGrads { dh: &mut dh, dc: &mut dc, d_xs: &mut d_xs, d_hh: d_hh_step };
+        let grads = StepGrads { dh: &mut dh, dc: &mut dc, d_xs: &mut *d_xs, d_hh: d_hh_step };
         let rows = BackwardRows::<T, C> { s, dims, sched, state, d_out, grads, cell: PhantomData };
         vectorized(rows);
 
@@ -333,7 +349,7 @@ pub(crate) fn backward<T: Real, C: Cell>(
 
     let d_w_hh = weight_gradient(saved, &d_hh);
     let d_b_hh = column_sums(&d_hh, gw);
-    Grads { d_xs, d_w_hh, d_b_hh }
+    Grads { d_w_hh, d_b_hh }
 }
 
 /// Saved values read by one backward step, each starting at the step's first row.
@@ -346,29 +362,29 @@ struct StepSaved<'a, T> {
 }
 
 /// Gradient buffers written by one backward step.
-struct StepGrads<'a, T> {
+struct StepGrads<'a, 'b, T> {
     /// Carried `dL/dh`, one row per sorted position.
     dh: &'a mut [T],
     /// Carried `dL/dc` (LSTM), one row per sorted position.
     dc: &'a mut [T],
-    /// `(B, T, G*H)` input-projection gradient.
-    d_xs: &'a mut [T],
+    /// Input-projection gradient, one `G*H` row per position.
+    d_xs: RowsMut<'a, 'b, T>,
     /// Recurrent pre-activation gradients of this step's rows.
     d_hh: &'a mut [T],
 }
 
 /// The element-wise part of one backward step, over its active rows.
-struct BackwardRows<'a, T, C> {
+struct BackwardRows<'a, 'b, T, C> {
     s: usize,
     dims: Dims,
     sched: &'a Schedule,
     state: StepSaved<'a, T>,
     d_out: Rows<'a, T>,
-    grads: StepGrads<'a, T>,
+    grads: StepGrads<'a, 'b, T>,
     cell: PhantomData<C>,
 }
 
-impl<T: Real, C: Cell> VectorLoop for BackwardRows<'_, T, C> {
+impl<T: Real, C: Cell> VectorLoop for BackwardRows<'_, '_, T, C> {
     type Output = ();
 
     #[inline(always)]
@@ -387,7 +403,7 @@ impl<T: Real, C: Cell> VectorLoop for BackwardRows<'_, T, C> {
                 c_prev: &st.c_prev[i * cw..][..cw],
             };
             let (dh, dc) = (&mut g.dh[i * h..][..h], &mut g.dc[i * cw..][..cw]);
-            let (d_xp, d_hh) = (&mut g.d_xs[pos * gw..][..gw], &mut g.d_hh[i * gw..][..gw]);
+            let (d_xp, d_hh) = (&mut g.d_xs[pos][..gw], &mut g.d_hh[i * gw..][..gw]);
             C::backward_row(row, dh, dc, d_xp, d_hh);
         }
     }
