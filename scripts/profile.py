@@ -36,6 +36,8 @@ RULES = [
     (r"kernels::sequence::forward_infer", "recurrent kernel: inference"),
     (r"kernels::projection::.*backward", "input projection op: backward"),
     (r"kernels::projection::", "input projection op: forward"),
+    (r"kernels::layer::.*backward|LayerOp<T> as .*CustomOp3>::bwd", "layer op: backward (bias sums, packing)"),
+    (r"kernels::layer::", "layer op: forward (biases)"),
     (r"optim::", "optimizer step"),
     (r"index_add", "embedding gradient (index_add)"),
     (r"GradStore::or_insert|zeros_like|zeros_impl", "gradient buffers (zeros)"),

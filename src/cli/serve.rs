@@ -109,6 +109,11 @@ pub struct TrainingArgs {
     /// worker threads from taking CPU away from serving (docs/benchmarks.md).
     #[arg(long, env = "DISTILLERY_TRAIN_THREADS", default_value_t = 1)]
     pub train_threads: usize,
+    /// Nice value of training threads, 0 to 19: above 0, a `/predict` request takes a
+    /// core from training at once (Linux).
+    #[arg(long, env = "DISTILLERY_TRAIN_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub train_nice: i32,
     /// Seconds a claimed job's lease lasts without renewal; after that, another worker
     /// (or this one after a restart) takes the job up again.
     #[arg(long, env = "DISTILLERY_LEASE_SECS", default_value_t = 30)]
@@ -444,6 +449,7 @@ fn job_context(
         work_dir: args.store.data_dir.join("work"),
         read_limits: ReadLimits { max_rows: usize::MAX, max_text_bytes: usize::MAX },
         pretrained_dir: training.pretrained_dir.clone(),
+        train_nice: training.train_nice,
     };
     JobContext {
         store,

@@ -49,6 +49,8 @@ pub struct WorkerSettings {
     pub read_limits: ReadLimits,
     /// Folder of pretrained transformer folders, for transformer teachers.
     pub pretrained_dir: Option<PathBuf>,
+    /// Nice value of training threads (0: the same priority as serving).
+    pub train_nice: i32,
 }
 
 /// Storage key of a dataset's rows (normalised to JSON lines).

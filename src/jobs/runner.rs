@@ -125,10 +125,14 @@ async fn train(
     let (trainer, config, stop) = (Arc::clone(&ctx.trainer), job.config.clone(), token.clone());
     let (work, out) = (dirs.work.clone(), dirs.out.clone());
     let span = tracing::Span::current();
+    let nice = ctx.settings.train_nice;
     std::thread::Builder::new()
         .name(format!("train-{}", short_id(job.id.as_str())))
         .spawn(move || {
             let _entered = span.enter();
+            if let Err(error) = crate::ml::threads::set_this_thread_nice(nice) {
+                tracing::warn!(%error, nice, "cannot lower the training thread's priority");
+            }
             let run = || trainer.train(&config, inputs, &work, &out, &observer, &stop);
             let result = std::panic::catch_unwind(AssertUnwindSafe(run)).map_err(panic_text);
             drop(observer);

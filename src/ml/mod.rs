@@ -22,6 +22,7 @@ pub mod predictor;
 pub mod progress;
 pub mod rng;
 pub mod teacher;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 pub mod transfer;

@@ -304,3 +304,52 @@ impl<T: Real> CustomOp3 for LayerOp<T> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Shapes, lengths and dtypes that do not fit are errors, not panics.
+    #[test]
+    fn arguments_that_do_not_fit_are_errors() {
+        let (b, t, inp, h) = (2, 3, 4, 5);
+        let gw = CellKind::Lstm.gates() * h;
+        let xs = tensor(&[b * t, inp]);
+        let (w_ih, rec) = (tensor(&[2, gw, inp]), tensor(&[2, gw * h + 2 * gw]));
+        let lengths = Arc::new(vec![3, 1]);
+        let run = |xs: &Tensor, w: &Tensor, r: &Tensor, lengths: &Arc<Vec<usize>>| {
+            layer_train(xs, w, r, CellKind::Lstm, lengths, (b, t))
+        };
+
+        let out = run(&xs, &w_ih, &rec, &lengths).unwrap();
+        assert_eq!(out.dims(), [b, t, 2 * h]);
+        assert!(run(&tensor(&[b * t + 1, inp]), &w_ih, &rec, &lengths).is_err(), "rows");
+        assert!(run(&xs, &tensor(&[2, gw, inp + 1]), &rec, &lengths).is_err(), "input width");
+        assert!(run(&xs, &w_ih, &tensor(&[2, gw * h]), &lengths).is_err(), "packed width");
+        assert!(run(&xs, &w_ih, &tensor(&[1, gw * h + 2 * gw]), &lengths).is_err(), "directions");
+        assert!(run(&xs, &w_ih, &rec, &Arc::new(vec![3, 4])).is_err(), "length past T");
+        assert!(run(&xs, &w_ih, &rec, &Arc::new(vec![3])).is_err(), "one length missing");
+        let f64_rec = rec.to_dtype(DType::F64).unwrap();
+        assert!(run(&xs, &w_ih, &f64_rec, &lengths).is_err(), "mixed dtypes");
+    }
+
+    /// `pack_recurrent` lays each direction out as `W_hh`, `b_ih`, `b_hh`.
+    #[test]
+    fn packing_follows_the_documented_layout() {
+        let (w, b_ih, b_hh) = (tensor(&[8, 2]), tensor(&[8]), tensor(&[8]).affine(2.0, 1.0));
+        let b_hh = b_hh.unwrap();
+        let packed = pack_recurrent(&[(&w, &b_ih, &b_hh), (&w, &b_hh, &b_ih)]).unwrap();
+        assert_eq!(packed.dims(), [2, 32]);
+        let row: Vec<f32> = packed.get(1).unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&row[..16], &w[..]);
+        assert_eq!(&row[16..24], &b_hh.to_vec1::<f32>().unwrap()[..]);
+        assert_eq!(&row[24..], &b_ih.to_vec1::<f32>().unwrap()[..]);
+    }
+}
