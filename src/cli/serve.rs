@@ -111,7 +111,7 @@ pub struct TrainingArgs {
     pub train_threads: usize,
     /// Nice value of training threads, 0 to 19: above 0, a `/predict` request takes a
     /// core from training at once (Linux).
-    #[arg(long, env = "DISTILLERY_TRAIN_NICE", default_value_t = 10,
+    #[arg(long, env = "DISTILLERY_TRAIN_NICE", default_value_t = 19,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub train_nice: i32,
     /// Seconds a claimed job's lease lasts without renewal; after that, another worker

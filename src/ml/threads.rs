@@ -1,7 +1,7 @@
 //! Scheduling priority of training threads.
 //!
 //! A training job usually shares its cores with `/predict` (one process in the embedded
-//! default). Training threads run with a positive nice value, so that a prediction thread
+//! default). Training threads run with a positive nice value (19 by default), so that a prediction thread
 //! woken by a request takes a core from training at once instead of waiting for the
 //! trainer's time slice to end; when nothing else wants the core, training runs at full
 //! speed. Threads a training thread starts (rayon's pool, when it is first used there)
