@@ -26,7 +26,7 @@ use super::cpu_op::{backward_one, cpu_slice, forward_one, per_direction, store, 
 use super::projection::Projection;
 use super::schedule::Schedule;
 use super::sequence::{column_sums, split_rows, Dims, Grads, Inputs, Rows, Saved};
-use super::KernelError;
+use super::{check_lengths, KernelError};
 use crate::ml::config::CellKind;
 
 /// The `rec` tensor of [`layer_train`] for one layer's directions, each given as
@@ -122,17 +122,6 @@ impl LayerShape {
         let dims = Dims { batch, time, hidden, gates };
         Ok(Self { dims, directions: w[0], input: x[1] })
     }
-}
-
-/// One length per row, each in `1..=T`.
-fn check_lengths(lengths: &[usize], batch: usize, steps: usize) -> Result<()> {
-    if lengths.len() != batch {
-        return Err(KernelError::LengthCount { lengths: lengths.len(), batch }.into());
-    }
-    if let Some((row, &length)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > steps) {
-        return Err(KernelError::Length { row, length, steps }.into());
-    }
-    Ok(())
 }
 
 /// One direction's parts of the `rec` tensor.

@@ -254,17 +254,22 @@ fn check_args(
         return Err(KernelError::Shape { cell, gates, directions, xs_proj, w_hh, b_hh });
     }
 
-    let (batch, steps) = (x[0], x[1]);
+    check_lengths(lengths, x[0], x[1])?;
+
+    let (dx, dw, db) = (xs_proj.dtype(), w_hh.dtype(), b_hh.dtype());
+    if dx != dw || dx != db {
+        return Err(KernelError::DType { xs_proj: dx, w_hh: dw, b_hh: db });
+    }
+    Ok(())
+}
+
+/// One length per batch row, each in `1..=steps`.
+fn check_lengths(lengths: &[usize], batch: usize, steps: usize) -> Result<(), KernelError> {
     if lengths.len() != batch {
         return Err(KernelError::LengthCount { lengths: lengths.len(), batch });
     }
     if let Some((row, &length)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > steps) {
         return Err(KernelError::Length { row, length, steps });
-    }
-
-    let (dx, dw, db) = (xs_proj.dtype(), w_hh.dtype(), b_hh.dtype());
-    if dx != dw || dx != db {
-        return Err(KernelError::DType { xs_proj: dx, w_hh: dw, b_hh: db });
     }
     Ok(())
 }
