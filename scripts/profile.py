@@ -8,7 +8,7 @@ optimizer, the embedding gradient, gradient zeroing, matmuls outside the kernels
 lists the top functions by self time. Saves docs/bench/profile.json and regenerates
 docs/benchmarks.md.
 
-    scripts/profile.py [--student-steps 60] [--teacher-steps 6] [--no-build]
+    scripts/profile.py [--student-steps 400] [--teacher-steps 20] [--no-build]
 
 Needs `perf` (Debian: apt-get install linux-perf) and permission to use it (root, or
 kernel.perf_event_paranoid <= 1).
@@ -60,8 +60,8 @@ PHASED = {"embedding gradient (index_add)", "gradient buffers (zeros)",
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--student-steps", type=int, default=60)
-    p.add_argument("--teacher-steps", type=int, default=6)
+    p.add_argument("--student-steps", type=int, default=400)
+    p.add_argument("--teacher-steps", type=int, default=20)
     p.add_argument("--frequency", type=int, default=299, help="samples per second")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--no-build", action="store_true")
