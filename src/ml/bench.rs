@@ -218,9 +218,12 @@ fn time_training(
     let mut dropout = Rng::new(seed);
     let mut step = |i: usize| -> candle_core::Result<f64> {
         let (batch, labels) = &batches[i];
-        let logits = model.forward(batch, Mode::Train(&mut dropout))?;
+        let lookup = model.lookup(batch)?;
+        let logits = model.forward_looked_up(batch, &lookup, Mode::Train(&mut dropout))?;
         let loss = masked_cross_entropy(&logits, labels, &mask)?;
-        optimizer.step(&loss.backward()?, 0.0)?;
+        let grads = loss.backward()?;
+        let rows: Vec<_> = lookup.row_gradient(&grads).into_iter().collect();
+        optimizer.step_with_rows(&grads, &rows, 0.0)?;
         Ok(f64::from(loss.to_scalar::<f32>()?))
     };
 

@@ -143,7 +143,7 @@ impl Classifier {
             config: config.clone(),
             vocab_size,
             classes,
-            embedding: take("embedding")?,
+            embedding: take(EMBEDDING)?,
             layers,
             head_weight: take("head.weight")?,
             head_bias: take("head.bias")?,
@@ -190,7 +190,52 @@ impl Classifier {
     ///
     /// # Errors
     /// When a tensor operation fails (e.g. an id outside the vocabulary).
-    pub fn forward(&self, batch: &Batch, mut mode: Mode<'_>) -> Result<Tensor> {
+    pub fn forward(&self, batch: &Batch, mode: Mode<'_>) -> Result<Tensor> {
+        self.forward_from(batch, None, mode)
+    }
+
+    /// The embedding rows of a batch as a leaf of their own, for training with
+    /// [`Classifier::forward_looked_up`]: the gradient then arrives as rows (for
+    /// [`crate::ml::optim::AdamW::step_with_rows`]) instead of as a dense
+    /// `(V, E)` table that Candle builds, zero-fills and accumulates at every step.
+    ///
+    /// # Errors
+    /// When an id is outside the vocabulary.
+    pub fn lookup(&self, batch: &Batch) -> Result<Lookup> {
+        let ids = batch.ids.flatten_all()?;
+        let rows = Var::from_tensor(&self.embedding.index_select(&ids, 0)?.detach())?;
+        Ok(Lookup { rows, ids: ids.to_vec1()? })
+    }
+
+    /// [`Classifier::forward`] on embedding rows from [`Classifier::lookup`] of the same
+    /// batch; equal to it in value.
+    ///
+    /// # Errors
+    /// When a tensor operation fails or `lookup` does not fit the batch.
+    pub fn forward_looked_up(
+        &self,
+        batch: &Batch,
+        lookup: &Lookup,
+        mode: Mode<'_>,
+    ) -> Result<Tensor> {
+        if lookup.ids.len() != batch.ids.elem_count() {
+            let msg = format!(
+                "{} looked-up rows for a batch of {:?}",
+                lookup.ids.len(),
+                batch.ids.dims()
+            );
+            return Err(Error::Msg(msg));
+        }
+        self.forward_from(batch, Some(lookup.rows.as_tensor()), mode)
+    }
+
+    /// Logits, with the embedding rows of the batch given or looked up here.
+    fn forward_from(
+        &self,
+        batch: &Batch,
+        mut embedded: Option<&Tensor>,
+        mut mode: Mode<'_>,
+    ) -> Result<Tensor> {
         let (b, t) = batch.ids.dims2()?;
         let ids = batch.ids.flatten_all()?;
         let mut xs: Option<Tensor> = None;
@@ -209,9 +254,10 @@ impl Classifier {
                     LayerInput { proj: proj.reshape((b, t, ()))?, bias }
                 }
                 _ => {
-                    let input = match xs.take() {
-                        Some(previous) => self.dropout(&previous, &mut mode)?,
-                        None => self.embedding.index_select(&ids, 0)?,
+                    let input = match (xs.take(), embedded.take()) {
+                        (Some(previous), _) => self.dropout(&previous, &mut mode)?,
+                        (None, Some(rows)) => rows.clone(),
+                        (None, None) => self.embedding.index_select(&ids, 0)?,
                     };
                     let flat = input.reshape((b * t, ()))?;
                     if matches!(mode, Mode::Train(_)) && kernels::trains_fused(&flat) {
@@ -359,6 +405,29 @@ impl Classifier {
     }
 }
 
+/// A batch's embedding rows as a trainable leaf, from [`Classifier::lookup`].
+pub struct Lookup {
+    /// `(B*T, E)` rows, one per position of the batch.
+    pub rows: Var,
+    /// The table row of each, `B*T` ids.
+    pub ids: Vec<u32>,
+}
+
+impl Lookup {
+    /// The gradient of the rows in `grads`, as the optimizer takes it for the table
+    /// named [`EMBEDDING`] (none when the loss did not reach them).
+    pub fn row_gradient<'a>(
+        &'a self,
+        grads: &'a candle_core::backprop::GradStore,
+    ) -> Option<crate::ml::optim::RowGradient<'a>> {
+        let rows = grads.get(self.rows.as_tensor())?;
+        Some(crate::ml::optim::RowGradient { name: EMBEDDING, ids: &self.ids, rows })
+    }
+}
+
+/// Saved name of the embedding table.
+pub const EMBEDDING: &str = "embedding";
+
 /// What one layer's recurrence runs on: the input projections of its directions side by
 /// side `(B, T, D*G*H)` and the bias added at every step (`(G*H)`, or `(2, G*H)` for two
 /// directions).
@@ -431,7 +500,7 @@ pub fn parameter_shapes(
     classes: usize,
 ) -> Vec<(String, Vec<usize>)> {
     let gh = config.cell.gates() * config.hidden_size;
-    let mut shapes = vec![("embedding".to_string(), vec![vocab, config.embedding_dim])];
+    let mut shapes = vec![(EMBEDDING.to_string(), vec![vocab, config.embedding_dim])];
     let dirs = directions(config);
     for l in 0..config.layers {
         let input = if l == 0 { config.embedding_dim } else { config.hidden_size * dirs.len() };
@@ -450,7 +519,7 @@ pub fn parameter_shapes(
 
 /// Half-width of the uniform initialisation, or `None` for the normal one (embeddings).
 fn init_bound(name: &str, config: &ModelConfig, _shape: &[usize]) -> Option<f64> {
-    if name == "embedding" {
+    if name == EMBEDDING {
         None
     } else if name.starts_with("head.") {
         Some(1.0 / (config.output_dim() as f64).sqrt())
@@ -603,6 +672,38 @@ mod tests {
                     assert!(d < 1e-10, "{cell:?} bi={bi}: gradient of {name} differs by {d}");
                 }
             }
+        }
+    }
+
+    /// Training on looked-up rows gives the logits of the plain forward pass, and the
+    /// rows' gradient, summed per id, is the dense gradient of the embedding table.
+    #[test]
+    fn looked_up_rows_carry_the_embedding_gradient() {
+        let cfg = config(CellKind::Gru, true, Pooling::Mean);
+        let model = Classifier::new(&cfg, 20, 3, 7, DType::F64, &Device::Cpu).unwrap();
+        let seqs: [&[u32]; 3] = [&[1, 2, 3, 2], &[7, 8], &[9, 1, 11]];
+        let batch = Batch::from_sequences(&seqs, &Device::Cpu).unwrap();
+        let weights = Tensor::arange(0.0, 9.0, &Device::Cpu).unwrap().reshape((3, 3)).unwrap();
+        let loss = |logits: &Tensor| (logits * &weights.cos().unwrap()).unwrap().sum_all();
+
+        let plain = model.forward(&batch, Mode::Train(&mut Rng::new(1))).unwrap();
+        let lookup = model.lookup(&batch).unwrap();
+        let rows = model.forward_looked_up(&batch, &lookup, Mode::Train(&mut Rng::new(1)));
+        let rows = rows.unwrap();
+        let diff = (&plain - &rows).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12, "logits differ");
+
+        let dense = loss(&plain).unwrap().backward().unwrap();
+        let dense = dense.get(&model.embedding).unwrap().to_vec2::<f64>().unwrap();
+        let grads = loss(&rows).unwrap().backward().unwrap();
+        assert!(grads.get(&model.embedding).is_none(), "the table itself got a gradient");
+        let got = lookup.row_gradient(&grads).unwrap();
+        let mut scattered = vec![vec![0.0; cfg.embedding_dim]; 20];
+        for (&id, row) in got.ids.iter().zip(got.rows.to_vec2::<f64>().unwrap()) {
+            scattered[id as usize].iter_mut().zip(row).for_each(|(a, g)| *a += g);
+        }
+        for (d, s) in dense.iter().flatten().zip(scattered.iter().flatten()) {
+            assert!((d - s).abs() < 1e-12, "dense {d} against rows {s}");
         }
     }
 

@@ -341,7 +341,8 @@ fn train_step(
     let labels = Tensor::from_vec(labels, rows.len(), device)?;
     let mask = Tensor::from_vec(mask, rows.len(), device)?.to_dtype(dtype)?;
 
-    let logits = model.forward(&batch, Mode::Train(dropout_rng))?;
+    let lookup = model.lookup(&batch)?;
+    let logits = model.forward_looked_up(&batch, &lookup, Mode::Train(dropout_rng))?;
     let (total, ce, distill) = match (spec.distill, data.soft_targets) {
         (Some(config), Some(soft)) => {
             let index: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
@@ -353,7 +354,8 @@ fn train_step(
     };
 
     let grads = total.backward()?;
-    optimizer.step(&grads, spec.training.clip_norm)?;
+    let rows: Vec<_> = lookup.row_gradient(&grads).into_iter().collect();
+    optimizer.step_with_rows(&grads, &rows, spec.training.clip_norm)?;
     let read =
         |t: &Tensor| -> Result<f64, TrainError> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     let total_value = read(&total)?;
