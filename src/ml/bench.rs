@@ -221,9 +221,7 @@ fn time_training(
         let lookup = model.lookup(batch)?;
         let logits = model.forward_looked_up(batch, &lookup, Mode::Train(&mut dropout))?;
         let loss = masked_cross_entropy(&logits, labels, &mask)?;
-        let grads = loss.backward()?;
-        let rows: Vec<_> = lookup.row_gradient(&grads).into_iter().collect();
-        optimizer.step_with_rows(&grads, &rows, 0.0)?;
+        lookup.step(&mut optimizer, &loss.backward()?, 0.0)?;
         Ok(f64::from(loss.to_scalar::<f32>()?))
     };
 

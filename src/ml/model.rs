@@ -423,6 +423,21 @@ impl Lookup {
         let rows = grads.get(self.rows.as_tensor())?;
         Some(crate::ml::optim::RowGradient { name: EMBEDDING, ids: &self.ids, rows })
     }
+
+    /// The optimizer step of a training step that looked its embeddings up with this:
+    /// [`crate::ml::optim::AdamW::step_with_rows`] with the rows' gradient.
+    ///
+    /// # Errors
+    /// As [`crate::ml::optim::AdamW::step_with_rows`].
+    pub fn step(
+        &self,
+        optimizer: &mut crate::ml::optim::AdamW,
+        grads: &candle_core::backprop::GradStore,
+        max_norm: f64,
+    ) -> Result<f64> {
+        let rows: Vec<_> = self.row_gradient(grads).into_iter().collect();
+        optimizer.step_with_rows(grads, &rows, max_norm)
+    }
 }
 
 /// Saved name of the embedding table.

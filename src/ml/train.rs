@@ -354,8 +354,7 @@ fn train_step(
     };
 
     let grads = total.backward()?;
-    let rows: Vec<_> = lookup.row_gradient(&grads).into_iter().collect();
-    optimizer.step_with_rows(&grads, &rows, spec.training.clip_norm)?;
+    lookup.step(optimizer, &grads, spec.training.clip_norm)?;
     let read =
         |t: &Tensor| -> Result<f64, TrainError> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
     let total_value = read(&total)?;
